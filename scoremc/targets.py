@@ -1,0 +1,286 @@
+"""Targets with exact laws, and the generic verbs ``logpdf``, ``score``, ``hessian``, ``sample``.
+
+A target is a frozen dataclass holding validated, read-only float64 arrays. Verbs dispatch on the
+target's type (``functools.singledispatch``, in the spirit of Distributions.jl), so a later target
+type adds methods without touching the verbs.
+
+``GaussianMixture(weights, means, covs)``: covs of shape (K,) isotropic, (K, d) diagonal or
+(K, d, d) full. ``Empirical(points)``: the uniform mixture of Dirac masses at the rows of
+``points`` (a finite data set); it has no density, but every noised law with sigma(t) > 0 does.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _dense, _fast
+from ._gaussians import Gaussians
+from ._validation import as_count, as_float_array, as_generator, as_points
+
+__all__ = ["GaussianMixture", "Empirical", "logpdf", "score", "hessian", "score_jacobian", "divergence",
+           "sample", "METHODS"]
+
+#: computation paths: "fast" (BLAS + Numba) and "numpy" (plain per-component NumPy, the test oracle)
+METHODS = ("fast", "numpy")
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+def _check_weights(weights, k: int) -> np.ndarray:
+    raw = np.asarray(weights)
+    w = as_float_array(weights, "weights", ndim=1)
+    if len(w) != k:
+        raise ValueError(f"weights must have one entry per component (K={k}), got shape {w.shape}")
+    if (w < 0).any():
+        raise ValueError(f"weights must be non-negative, got {w[w < 0][0]!r}")
+    eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else np.finfo(np.float64).eps
+    total = w.sum()
+    if abs(total - 1.0) > 1e3 * eps * max(k, 1):
+        raise ValueError(f"weights must sum to one, got sum {total!r}")
+    return w / total  # removes only round-off, bounded above
+
+
+def _covariance_parts(covs: np.ndarray, k: int, d: int):
+    """Return (var, basis, kind) of the normal form, validating shape and definiteness."""
+    if covs.shape == (k,):
+        if (covs <= 0).any():
+            i = int(np.argmax(covs <= 0))
+            raise ValueError(f"covs[{i}] must be positive (isotropic variance), got {covs[i]!r}")
+        return covs[:, None], None, "iso"
+    if covs.shape == (k, d):
+        if (covs <= 0).any():
+            i, j = (int(v) for v in np.argwhere(covs <= 0)[0])
+            raise ValueError(f"covs[{i}, {j}] must be positive (diagonal variance), got {covs[i, j]!r}")
+        return covs, None, "diag"
+    if covs.shape == (k, d, d):
+        asym = np.abs(covs - covs.transpose(0, 2, 1)).max(axis=(1, 2))
+        scale = np.abs(covs).max(axis=(1, 2))
+        if (asym > 1e-10 * scale).any():
+            i = int(np.argmax(asym > 1e-10 * scale))
+            raise ValueError(f"covs[{i}] must be symmetric (max |C - C^T| = {asym[i]:.3g})")
+        lam, Q = np.linalg.eigh(0.5 * (covs + covs.transpose(0, 2, 1)))
+        # below d * eps * lambda_max an eigenvalue is indistinguishable from zero
+        bad = lam[:, 0] <= d * np.finfo(np.float64).eps * lam[:, -1].clip(min=0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"covs[{i}] must be positive definite (smallest eigenvalue {lam[i, 0]:.3g})")
+        return lam, Q, "full"
+    raise ValueError(f"covs must have shape (K,)={(k,)}, (K, d)={(k, d)} or (K, d, d)={(k, d, d)}, "
+                     f"got {covs.shape}")
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixture:
+    """sum_k weights[k] N(means[k], C_k), C_k from ``covs`` (K,) | (K, d) | (K, d, d).
+
+    All arrays are validated (finite, matching K and d, weights a probability vector, covariances
+    positive definite) and stored read-only in float64.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+    _parts: Gaussians = field(init=False, repr=False, compare=False)
+    cov_kind: str = field(init=False, compare=False)
+
+    def __post_init__(self):
+        means = as_float_array(self.means, "means", ndim=2)
+        k, d = means.shape
+        if k == 0 or d == 0:
+            raise ValueError(f"means must have K >= 1 components of dimension d >= 1, got shape {means.shape}")
+        weights = _check_weights(self.weights, k)
+        covs = as_float_array(self.covs, "covs")
+        var, basis, kind = _covariance_parts(covs, k, d)
+        self._set(weights, means, covs, Gaussians(_log(weights), means, var, basis), kind)
+
+    def _set(self, weights, means, covs, parts, kind):
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            object.__setattr__(self, name, _frozen(value))
+        object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "cov_kind", kind)
+
+    @classmethod
+    def _from_parts(cls, parts: Gaussians, kind: str) -> "GaussianMixture":
+        """Build from an already valid normal form (used by ``marginal``; skips re-validation)."""
+        self = object.__new__(cls)
+        if kind == "iso":
+            covs = parts.var[:, 0]
+        elif kind == "diag":
+            covs = parts.var
+        else:
+            covs = parts.dense_covs()
+        self._set(np.exp(parts.log_weights), parts.means, covs, parts, kind)
+        return self
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def mean(self) -> np.ndarray:
+        """Mean of the mixture, shape (d,)."""
+        return self.weights @ self.means
+
+    def cov(self) -> np.ndarray:
+        """Covariance of the mixture (law of total covariance), shape (d, d)."""
+        centred = self.means - self.mean()
+        within = np.einsum("k,kij->ij", self.weights, self._parts.dense_covs())
+        return within + np.einsum("k,ki,kj->ij", self.weights, centred, centred)
+
+    def __repr__(self):
+        return f"GaussianMixture(K={self.n_components}, d={self.dim}, covs={self.cov_kind!r})"
+
+
+def _log(w):
+    with np.errstate(divide="ignore"):
+        return np.log(w)
+
+
+@dataclass(frozen=True, eq=False)
+class Empirical:
+    """Uniform mixture of Dirac masses at the rows of ``points`` (K, d): a finite data set.
+
+    Its noised laws are isotropic Gaussian mixtures with covariance sigma(t)^2 I around
+    alpha(t) points[k], so posteriors p(x0 | xt) are exact softmaxes over the points.
+    """
+
+    points: np.ndarray
+    _parts: Gaussians = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        pts = as_float_array(self.points, "points", ndim=2)
+        if pts.shape[0] == 0 or pts.shape[1] == 0:
+            raise ValueError(f"points must have shape (K >= 1, d >= 1), got {pts.shape}")
+        object.__setattr__(self, "points", _frozen(pts))
+        k = pts.shape[0]
+        object.__setattr__(self, "_parts", Gaussians(np.full(k, -np.log(k)), self.points, np.zeros((k, 1))))
+
+    cov_kind = "iso"
+
+    @property
+    def n_components(self) -> int:
+        return self.points.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.full(self.n_components, 1.0 / self.n_components)
+
+    def mean(self) -> np.ndarray:
+        return self.points.mean(axis=0)
+
+    def cov(self) -> np.ndarray:
+        centred = self.points - self.mean()
+        return centred.T @ centred / self.n_components
+
+    def __repr__(self):
+        return f"Empirical(K={self.n_components}, d={self.dim})"
+
+
+def _parts_of(dist) -> Gaussians:
+    if not isinstance(dist, (GaussianMixture, Empirical)):
+        raise TypeError(f"dist must be a GaussianMixture or Empirical, got {type(dist).__name__}")
+    return dist._parts
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def evaluate(G: Gaussians, x, what: str, method: str = "fast", tail: tuple = ()):
+    """Evaluate a per-row quantity of the mixture ``G`` at points x (..., d), keeping batch dims.
+
+    ``what`` names a function of :mod:`._fast` / :mod:`._dense`; ``tail`` is its per-row shape
+    (``()`` for logpdf, ``(d,)`` for score, ``(d, d)`` for the Hessian).
+    """
+    x = as_points(x, G.dim)
+    flat = np.ascontiguousarray(x.reshape(-1, G.dim))
+    module = _fast if (check_method(method) == "fast" and hasattr(_fast, what)) else _dense
+    out = getattr(module, what)(G, flat)
+    return out.reshape(x.shape[:-1] + tail)
+
+
+def _no_density(dist):
+    raise TypeError(f"{dist!r} has no density (a mixture of Dirac masses); use marginal(dist, proc, t) "
+                    f"at a time with sigma(t) > 0, or exact_score(dist, proc)")
+
+
+@functools.singledispatch
+def logpdf(dist, x, *, method: str = "fast"):
+    """Log-density of ``dist`` at x (..., d) -> (...) float64."""
+    raise TypeError(f"logpdf is not defined for {type(dist).__name__}")
+
+
+@functools.singledispatch
+def score(dist, x, *, method: str = "fast"):
+    """Score grad_x log p(x) at x (..., d) -> (..., d) float64."""
+    raise TypeError(f"score is not defined for {type(dist).__name__}")
+
+
+@functools.singledispatch
+def hessian(dist, x, *, method: str = "numpy"):
+    """Hessian of log p (= Jacobian of the score, symmetric) at x (..., d) -> (..., d, d)."""
+    raise TypeError(f"hessian is not defined for {type(dist).__name__}")
+
+
+@functools.singledispatch
+def divergence(dist, x, *, method: str = "numpy"):
+    """Divergence of the score (Laplacian of log p) at x (..., d) -> (...)."""
+    raise TypeError(f"divergence is not defined for {type(dist).__name__}")
+
+
+score_jacobian = hessian
+
+
+@logpdf.register
+def _(dist: GaussianMixture, x, *, method="fast"):
+    return evaluate(dist._parts, x, "logpdf", method)
+
+
+@score.register
+def _(dist: GaussianMixture, x, *, method="fast"):
+    return evaluate(dist._parts, x, "score", method, (dist.dim,))
+
+
+@hessian.register
+def _(dist: GaussianMixture, x, *, method="numpy"):
+    return evaluate(dist._parts, x, "hessian", method, (dist.dim, dist.dim))
+
+
+@divergence.register
+def _(dist: GaussianMixture, x, *, method="numpy"):
+    return evaluate(dist._parts, x, "divergence", method)
+
+
+for _verb in (logpdf, score, hessian, divergence):
+    _verb.register(Empirical, lambda dist, x, *, method="fast": _no_density(dist))
+
+
+def sample_parts(G: Gaussians, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws from the normal form G, shape (n, d)."""
+    k = rng.choice(G.n_components, size=n, p=np.exp(G.log_weights - np.logaddexp.reduce(G.log_weights)))
+    z = rng.standard_normal((n, G.dim)) * np.sqrt(np.broadcast_to(G.var, (G.n_components, G.dim))[k])
+    if G.basis is not None:
+        z = np.einsum("nij,nj->ni", G.basis[k], z)
+    return G.means[k] + z
+
+
+def sample(dist, n, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` independent samples, shape (n, d), from a target with an explicit Generator."""
+    n = as_count(n, "n")
+    rng = as_generator(rng)
+    return sample_parts(_parts_of(dist), n, rng)
