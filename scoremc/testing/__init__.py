@@ -1,0 +1,10 @@
+"""Testing toolkit: hypothesis strategies and statistical assertions built on the exact layer.
+
+Needs the ``test`` extra (hypothesis); ``import scoremc`` never imports this package.
+"""
+from .stats import assert_cov_matches, assert_mean_matches, gaussian_mixture_product_var, mean_chi2_statistic
+from .strategies import gaussian_mixtures, empirical_targets, processes, times, points
+
+__all__ = ["gaussian_mixtures", "empirical_targets", "processes", "times", "points",
+           "assert_mean_matches", "assert_cov_matches", "mean_chi2_statistic",
+           "gaussian_mixture_product_var"]

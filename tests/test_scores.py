@@ -1,0 +1,136 @@
+"""Exact score, its Jacobian, divergence and time derivative against finite differences."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import scoremc as smc
+from scoremc.testing import empirical_targets, gaussian_mixtures, points, processes, times
+
+targets = st.one_of(gaussian_mixtures(), empirical_targets())
+
+
+def _length_scale(dist, proc, t, x=None):
+    """Scale on which the score varies: the smallest std of a component of p_t, shortened to
+    1/sqrt(max |H|) where the Hessian is larger (between far-apart, narrow components the
+    responsibilities switch over a length sigma^2 / distance)."""
+    m = smc.marginal(dist, proc, t)
+    var = np.linalg.eigvalsh(m.covs) if m.cov_kind == "full" else m.covs
+    ell = float(np.sqrt(np.min(var)))
+    if x is not None:
+        ell = min(ell, 1.0 / np.sqrt(np.abs(smc.exact_score(dist, proc).hessian(x, t)).max()))
+    return ell
+
+
+def _grad_fd(f, x, h):
+    """5-point central difference of a scalar field f: (n, d) -> (n,), error O(h^4)."""
+    d = x.shape[-1]
+    out = np.empty_like(x)
+    for j in range(d):
+        e = np.zeros(d)
+        e[j] = h
+        out[:, j] = (-f(x + 2 * e) + 8 * f(x + e) - 8 * f(x - e) + f(x - 2 * e)) / (12 * h)
+    return out
+
+
+@given(dist=targets, proc=processes(), data=st.data())
+def test_score_is_gradient_of_logpdf(dist, proc, data):
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t))
+    es = smc.exact_score(dist, proc)
+    ell = _length_scale(dist, proc, t, x)
+    s = es(x, t)
+    fd = _grad_fd(lambda y: es.logpdf(y, t), x, 1e-3 * ell)
+    # relative to the natural scale of the score, 1/ell (the score can vanish at a mode)
+    scale = np.maximum(np.linalg.norm(s, axis=-1), 1.0 / ell)[:, None]
+    assert np.all(np.abs(s - fd) <= 1e-6 * scale)
+
+
+@given(dist=targets, proc=processes(), data=st.data())
+def test_hessian_is_jacobian_of_score_and_divergence_its_trace(dist, proc, data):
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t))
+    es = smc.exact_score(dist, proc)
+    ell = _length_scale(dist, proc, t, x)
+    H = es.hessian(x, t)
+    np.testing.assert_allclose(H, H.transpose(0, 2, 1), rtol=0, atol=1e-12 / ell ** 2)
+    d = dist.dim
+    for i in range(d):
+        fd = _grad_fd(lambda y: es(y, t)[:, i], x, 1e-3 * ell)
+        assert np.all(np.abs(H[:, i, :] - fd) <= 1e-6 / ell ** 2)
+    np.testing.assert_allclose(es.divergence(x, t), np.trace(H, axis1=1, axis2=2), rtol=1e-10,
+                               atol=1e-10 / ell ** 2)
+    gd = _grad_fd(lambda y: es.divergence(y, t), x, 1e-3 * ell)
+    assert np.all(np.abs(es.grad_divergence(x, t) - gd) <= 1e-5 / ell ** 3)
+
+
+@given(dist=targets, proc=processes(), data=st.data())
+def test_time_derivative_matches_finite_difference_in_t(dist, proc, data):
+    t = data.draw(times(proc, 0.05, 0.95))
+    x = data.draw(points(dist, proc, t))
+    es = smc.exact_score(dist, proc)
+    h = 1e-4 * (t if isinstance(proc, smc.EDM) else 1.0)
+    fd = (-es(x, t + 2 * h) + 8 * es(x, t + h) - 8 * es(x, t - h) + es(x, t - 2 * h)) / (12 * h)
+    dt = es.dt(x, t)
+    scale = max(np.abs(fd).max(), np.abs(dt).max())
+    # absolute floor for points where d/dt s vanishes (e.g. midway between two symmetric
+    # components): the round-off of the difference quotient, ~ eps * |u_k| / h, |u_k| <~ 1/ell
+    floor = 1e4 * np.finfo(float).eps / (_length_scale(dist, proc, t, x) * h)
+    assert np.abs(dt - fd).max() <= 1e-6 * scale + floor
+
+
+@given(dist=targets, proc=processes(), data=st.data())
+def test_tweedie_holds_to_round_off(dist, proc, data):
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t))
+    a, s2 = proc.alpha(t), proc.sigma(t) ** 2
+    for method in ("fast", "numpy"):
+        post = smc.posterior(dist, proc, t, x, method=method)
+        lhs = a * post.mean()
+        rhs = x + s2 * smc.exact_score(dist, proc, method=method)(x, t)
+        scale = np.abs(x).max() + np.abs(lhs).max() + 1.0
+        assert np.abs(lhs - rhs).max() <= 1e-12 * scale
+
+
+@given(dist=targets, proc=processes(), data=st.data())
+def test_fast_and_numpy_paths_agree(dist, proc, data):
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t, n=st.integers(1, 40)))
+    m = smc.marginal(dist, proc, t)
+    ell = _length_scale(dist, proc, t)
+    np.testing.assert_allclose(smc.logpdf(m, x), smc.logpdf(m, x, method="numpy"), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(smc.score(m, x), smc.score(m, x, method="numpy"), rtol=1e-10, atol=1e-11 / ell)
+    pf = smc.posterior(dist, proc, t, x)
+    pn = smc.posterior(dist, proc, t, x, method="numpy")
+    np.testing.assert_allclose(pf.weights, pn.weights, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(pf.mean(), pn.mean(), rtol=1e-10, atol=1e-11)
+
+
+def test_batch_shapes_and_per_row_times(rng):
+    gm = smc.GaussianMixture([0.3, 0.7], [[0.0, 1.0], [2.0, -1.0]], [0.5, 1.5])
+    es = smc.exact_score(gm, smc.VP())
+    x = rng.normal(size=(4, 3, 2))
+    t = np.linspace(0.1, 0.9, 3)  # broadcasts against the (4, 3) batch
+    s = es(x, t)
+    assert s.shape == (4, 3, 2)
+    for j, tj in enumerate(t):
+        np.testing.assert_allclose(s[:, j], es(x[:, j], tj), rtol=1e-14)
+    assert es.logpdf(x, t).shape == (4, 3) and es.hessian(x, 0.5).shape == (4, 3, 2, 2)
+    assert smc.score(gm, x[0, 0]).shape == (2,)
+
+
+def test_single_gaussian_closed_form():
+    # one component: s = (alpha mu - x) / (alpha^2 lam + sigma^2)
+    gm = smc.GaussianMixture([1.0], [[1.0, -2.0, 0.5]], [[0.3, 2.0, 1.1]])
+    proc, t = smc.Cosine(), 0.4
+    x = np.array([[0.2, 0.1, -0.3]])
+    a, s = proc.alpha(t), proc.sigma(t)
+    expect = (a * gm.means[0] - x) / (a * a * gm.covs[0] + s * s)
+    np.testing.assert_allclose(smc.exact_score(gm, proc)(x, t), expect, rtol=1e-14)
+
+
+def test_float32_input_is_accepted_and_computed_in_float64():
+    gm = smc.GaussianMixture(np.array([0.5, 0.5], np.float32), np.zeros((2, 2), np.float32),
+                             np.array([1.0, 2.0], np.float32))
+    s = smc.score(gm, np.ones((3, 2), np.float32))
+    assert s.dtype == np.float64
