@@ -17,7 +17,7 @@ from ._gaussians import Gaussians, by_row_chunks
 
 
 def _grid_width(G):
-    return 2 * G.n_components + 2 * G.dim
+    return 2 * G.n_components + 4 * G.dim
 
 
 chunked = by_row_chunks(_grid_width)
@@ -27,18 +27,10 @@ def _axis_log_weights(G: Gaussians, x: np.ndarray, normalise: bool):
     prec = np.ascontiguousarray(1.0 / G.var)
     Mp = G.means * prec
     mmP = (G.means * Mp).sum(axis=1)
-    if G.var.shape[1] == 1:
-        xxP = np.multiply.outer((x * x).sum(axis=1), prec[:, 0])
-    else:
-        xxP = (x * x) @ prec.T
+    xx = (x * x).sum(axis=1, keepdims=True) if G.var.shape[1] == 1 else (x * x) @ prec.T
     Q = x @ Mp.T
-    Q *= -2.0
-    Q += xxP
-    Q += mmP
-    xxP += mmP  # now the magnitude bound B of the expansion
     lse = np.empty(len(x))
-    _kernels.responsibilities(Q, xxP, G.log_norm(), np.ascontiguousarray(x), np.ascontiguousarray(G.means),
-                              prec, normalise, lse)
+    _kernels.responsibilities(Q, xx, mmP, G.log_norm(), x, np.ascontiguousarray(G.means), prec, normalise, lse)
     return Q, lse
 
 

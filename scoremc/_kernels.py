@@ -15,29 +15,34 @@ import numpy as np
 #: log-weight window below the row maximum inside which entries are refined (e^-60 ~ 1e-26)
 WINDOW = 60.0
 #: absolute logit error tolerated from the BLAS expansion before an entry is refined
-LOGIT_TOL = 1e-13
+LOGIT_TOL = 1e-11
 _EPS4 = 4.0 * np.finfo(np.float64).eps
 
 
 @nb.njit(parallel=True, cache=True)
-def responsibilities(Q, B, base, X, M, prec, normalise, lse):  # pragma: no cover - compiled
-    """In place: Q (n, K) holds BLAS Mahalanobis terms on entry and log-weights (or weights if
-    ``normalise``) on exit; ``lse`` (n,) receives log sum_k exp(logit). B (n, K) bounds the terms'
-    magnitude, ``base`` (K,) is log pi_k - 1/2 log det(2 pi C_k); X (n, d), M (K, d) and
-    prec (K, 1|d) give the exact recomputation."""
+def responsibilities(Q, XX, mmP, base, X, M, prec, normalise, lse):  # pragma: no cover - compiled
+    """Log-weights (or weights if ``normalise``) of every (point, component) pair, in place.
+
+    On entry Q (n, K) holds the BLAS cross term x.P m_k; XX is (n, 1) with ||x||^2 when prec is
+    isotropic (K, 1) (scaled by prec[k] here), else (n, K) with ||x||^2_{P_k}; mmP (K,) is ||m_k||^2_{P_k}; ``base``
+    (K,) is log pi_k - 1/2 log det(2 pi C_k). X (n, d), M (K, d), prec (K, 1|d) serve the exact
+    recomputation. ``lse`` (n,) receives log sum_k exp(logit).
+    """
     n, K = Q.shape
     d = X.shape[1]
     iso = prec.shape[1] == 1
     for i in nb.prange(n):
         mx = -np.inf
         for k in range(K):
-            v = base[k] - 0.5 * Q[i, k]
+            xx = XX[i, 0] * prec[k, 0] if iso else XX[i, k]
+            v = base[k] - 0.5 * (xx - 2.0 * Q[i, k] + mmP[k])
             Q[i, k] = v
             if v > mx:
                 mx = v
         refined = False
         for k in range(K):
-            if B[i, k] * _EPS4 > LOGIT_TOL and Q[i, k] > mx - WINDOW:
+            xx = XX[i, 0] * prec[k, 0] if iso else XX[i, k]
+            if (xx + mmP[k]) * _EPS4 > LOGIT_TOL and Q[i, k] > mx - WINDOW:
                 acc = 0.0
                 if iso:
                     for j in range(d):
@@ -56,10 +61,15 @@ def responsibilities(Q, B, base, X, M, prec, normalise, lse):  # pragma: no cove
                 if Q[i, k] > mx:
                     mx = Q[i, k]
         total = 0.0
-        for k in range(K):
-            total += np.exp(Q[i, k] - mx)
-        lv = mx + np.log(total)
-        lse[i] = lv
         if normalise:
             for k in range(K):
-                Q[i, k] = np.exp(Q[i, k] - lv)
+                e = np.exp(Q[i, k] - mx)
+                Q[i, k] = e
+                total += e
+            inv = 1.0 / total
+            for k in range(K):
+                Q[i, k] *= inv
+        else:
+            for k in range(K):
+                total += np.exp(Q[i, k] - mx)
+        lse[i] = mx + np.log(total)

@@ -75,7 +75,7 @@ class Process(abc.ABC):
         bad = (t < self.t_min) | above
         if bad.any():
             close = ")" if self.t_max_open else "]"
-            raise ValueError(f"{name}={t[bad].flat[0]!r} is outside the domain of {self!r}: "
+            raise ValueError(f"{name}={t[bad].flat[0]} is outside the domain of {self!r}: "
                              f"[{self.t_min}, {self.t_max}{close}")
         return t
 
@@ -132,7 +132,7 @@ class Process(abc.ABC):
         """Inverse of :meth:`sigma` (monotone for every process here)."""
         s = as_float_array(sigma, "sigma")
         if (s <= 0).any():
-            raise ValueError(f"sigma must be positive, got {s[s <= 0].flat[0]!r}")
+            raise ValueError(f"sigma must be positive, got {s[s <= 0].flat[0]}")
         with np.errstate(divide="ignore", invalid="ignore"):
             t = self._t_from_sigma(s)
         return _out(self._checked_inverse(t, s, "sigma"))
@@ -154,7 +154,7 @@ class Process(abc.ABC):
         above = (t >= self.t_max) if self.t_max_open else (t > self.t_max)
         bad = ~np.isfinite(t) | (t < self.t_min) | above
         if bad.any():
-            raise ValueError(f"{name}={value[bad].flat[0]!r} is not attained by {self!r} on its domain")
+            raise ValueError(f"{name}={value[bad].flat[0]} is not attained by {self!r} on its domain")
         return t
 
 
@@ -374,7 +374,7 @@ class EDM(Process):
         """
         u = as_float_array(u, "u")
         if ((u < 0) | (u > 1)).any():
-            raise ValueError(f"u must lie in [0, 1], got {u[(u < 0) | (u > 1)].flat[0]!r}")
+            raise ValueError(f"u must lie in [0, 1], got {u[(u < 0) | (u > 1)].flat[0]}")
         a, b = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         return _out((u * b + (1 - u) * a) ** self.rho)
 

@@ -38,11 +38,11 @@ def _check_weights(weights, k: int) -> np.ndarray:
     if len(w) != k:
         raise ValueError(f"weights must have one entry per component (K={k}), got shape {w.shape}")
     if (w < 0).any():
-        raise ValueError(f"weights must be non-negative, got {w[w < 0][0]!r}")
+        raise ValueError(f"weights must be non-negative, got {w[w < 0][0]}")
     eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else np.finfo(np.float64).eps
     total = w.sum()
     if abs(total - 1.0) > 1e3 * eps * max(k, 1):
-        raise ValueError(f"weights must sum to one, got sum {total!r}")
+        raise ValueError(f"weights must sum to one, got sum {total}")
     return w / total  # removes only round-off, bounded above
 
 
@@ -51,12 +51,12 @@ def _covariance_parts(covs: np.ndarray, k: int, d: int):
     if covs.shape == (k,):
         if (covs <= 0).any():
             i = int(np.argmax(covs <= 0))
-            raise ValueError(f"covs[{i}] must be positive (isotropic variance), got {covs[i]!r}")
+            raise ValueError(f"covs[{i}] must be positive (isotropic variance), got {covs[i]}")
         return covs[:, None], None, "iso"
     if covs.shape == (k, d):
         if (covs <= 0).any():
             i, j = (int(v) for v in np.argwhere(covs <= 0)[0])
-            raise ValueError(f"covs[{i}, {j}] must be positive (diagonal variance), got {covs[i, j]!r}")
+            raise ValueError(f"covs[{i}, {j}] must be positive (diagonal variance), got {covs[i, j]}")
         return covs, None, "diag"
     if covs.shape == (k, d, d):
         asym = np.abs(covs - covs.transpose(0, 2, 1)).max(axis=(1, 2))
