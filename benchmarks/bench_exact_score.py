@@ -323,6 +323,7 @@ def _case(name, op, shape, extra, ours, base, flops_dominant, flops_total, err, 
         "case": name, "op": op, "N": N, "K": K, "d": d, **extra,
         "scoremc": ours, "baseline": base,
         "ratio_baseline_over_scoremc": base["median_s"] / ours["median_s"],
+        "ratio_of_minima": base["min_s"] / ours["min_s"],
         "gflop_dominant": flops_dominant / 1e9, "gflop_total": flops_total / 1e9, "flop_count": flops_doc,
         "gflops_scoremc": flops_dominant / ours["median_s"] / 1e9,
         "gflops_scoremc_total": flops_total / ours["median_s"] / 1e9,
@@ -409,6 +410,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile-probe", action=argparse.BooleanOptionalAction, default=None,
                     help="measure cold Numba compilation in a subprocess with an empty cache "
                          "(default: on, off with --quick)")
+    ap.add_argument("--note", default=None, help="free text stored in the JSON (e.g. other load on the machine)")
     args = ap.parse_args(argv)
     size = "quick" if args.quick else "full"
     repeats = args.repeats or (3 if args.quick else 5)
@@ -424,7 +426,7 @@ def main(argv=None) -> dict:
     print(f"exact score benchmark ({size}, {repeats} repeats after one warm-up call)", flush=True)
     t_start = time.perf_counter()
     results = {"benchmark": "exact_score", "size": size, "repeats": repeats, "seed": SEED,
-               "tolerance": TOL, "loadavg_start": _loadavg(), "cases": []}
+               "tolerance": TOL, "note": args.note, "loadavg_start": _loadavg(), "cases": []}
     sizes = SIZES[size]
     # the axis-aligned cases first: their first call is where the Numba kernel is compiled or loaded
     results["cases"] += run_empirical("empirical-d64", sizes["emp64"], repeats, log)
@@ -448,7 +450,7 @@ def main(argv=None) -> dict:
     print()
     print(markdown_table(results))
     print()
-    print(f"GFLOP/s count the dominant flops: " + "; ".join(f"{k}: {v}" for k, v in FLOPS_DOC.items()))
+    print("GFLOP/s count the dominant flops: " + "; ".join(f"{k}: {v}" for k, v in FLOPS_DOC.items()))
     print(f"reference square DGEMM n={results['dgemm_reference']['n']}: "
           f"{results['dgemm_reference']['gflops']:.1f} GFLOP/s; Numba kernel first call: "
           f"{results['numba']['first_call_includes']}, cold compile "

@@ -8,7 +8,8 @@ import numpy as np
 
 from .targets import GaussianMixture
 
-__all__ = ["two_gaussians", "fp_gmm", "ring8", "TARGETS"]
+__all__ = ["two_gaussians", "fp_gmm", "ring8", "tsm_unit_gaussian", "tsm_easy", "tsm_hard_same_variance",
+           "tsm_hard_different_variance", "TSM_TARGETS", "TARGETS"]
 
 
 def two_gaussians(d: int = 64, mu: float = 0.1, spread: float = 1e-4) -> GaussianMixture:
@@ -30,5 +31,42 @@ def ring8(radius: float = 1.0, std: float = 0.1) -> GaussianMixture:
     return GaussianMixture(np.full(8, 1 / 8), radius * np.stack([np.sin(th), np.cos(th)], 1), np.full(8, std**2))
 
 
+# TSM §4.1 gives no numeric parameters for its four 1-D targets, only that each has total
+# variance sigma_data^2 = 1, that "hard" means well-separated modes, and that plots span
+# [-2.5, 2.5]. We fix symmetric two-component mixtures (weights 1/2, means +-mu, zero mean) with
+# mu^2 + mean component variance = 1 exactly (values of SEEDS_SPEC §3.5, mu made exact).
+
+
+def tsm_unit_gaussian() -> GaussianMixture:
+    """TSM §4.1 "unit Gaussian": N(0, 1)."""
+    return GaussianMixture([1.0], [[0.0]], [1.0])
+
+
+def _symmetric_1d(var_minus: float, var_plus: float) -> GaussianMixture:
+    mu = np.sqrt(1.0 - 0.5 * (var_minus + var_plus))
+    return GaussianMixture([0.5, 0.5], [[-mu], [mu]], [var_minus, var_plus])
+
+
+def tsm_easy() -> GaussianMixture:
+    """TSM §4.1 "easy mixture": 1/2 N(-0.5, 0.75) + 1/2 N(0.5, 0.75) (total variance 1)."""
+    return _symmetric_1d(0.75, 0.75)
+
+
+def tsm_hard_same_variance() -> GaussianMixture:
+    """TSM §4.1 "hard mixture, same variance": 1/2 N(-sqrt(0.99), 0.01) + 1/2 N(sqrt(0.99), 0.01)."""
+    return _symmetric_1d(0.01, 0.01)
+
+
+def tsm_hard_different_variance() -> GaussianMixture:
+    """TSM §4.1 "hard mixture, different variance": 1/2 N(-mu, 0.05^2) + 1/2 N(mu, 0.2^2),
+    mu = sqrt(1 - 0.02125) = 0.98932 (total variance 1)."""
+    return _symmetric_1d(0.05**2, 0.2**2)
+
+
+#: the four 1-D targets of TSM §4.1 / Figs. 1-4, in the paper's order
+TSM_TARGETS = {"tsm-unit-gaussian": tsm_unit_gaussian, "tsm-easy": tsm_easy,
+               "tsm-hard-same-variance": tsm_hard_same_variance,
+               "tsm-hard-different-variance": tsm_hard_different_variance}
+
 #: name -> constructor, for the command line and sweeps
-TARGETS = {"two-gaussians": two_gaussians, "fp-gmm": fp_gmm, "ring8": ring8}
+TARGETS = {"two-gaussians": two_gaussians, "fp-gmm": fp_gmm, "ring8": ring8, **TSM_TARGETS}
