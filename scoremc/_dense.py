@@ -143,4 +143,19 @@ def posterior_terms(G, x, prior, alpha):
     in the component basis (TSM Eq. 17 for d = 1).
     """
     T = terms(G, x)
-    return T.r, prior.means + G.unrotate(alpha * prior.var / G.var * T.z)
+    return T.r, _component_means(G, T, prior, alpha)
+
+
+def _component_means(G, T, prior, alpha):
+    return prior.means + G.unrotate(alpha * prior.var / G.var * T.z)
+
+
+@chunked
+def posterior_trace_cov(G, x, prior, alpha, post_var):
+    """tr Cov[x0 | x_t = x], shape (n,), in the centred form sum_k r_k (tr Gamma_k + |m_k - mean|^2)
+    (no cancellation when the posterior concentrates on one component). ``post_var`` (K, 1|d):
+    eigenvalues of the component posterior covariances Gamma_k."""
+    T = terms(G, x)
+    m = _component_means(G, T, prior, alpha)
+    c = m - np.einsum("nk,nkd->nd", T.r, m)[:, None, :]
+    return T.r @ G.sum_dims(post_var) + (T.r * (c * c).sum(-1)).sum(-1)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .targets import GaussianMixture
+from .targets import Empirical, GaussianMixture
 
 __all__ = ["two_gaussians", "fp_gmm", "ring8", "tsm_unit_gaussian", "tsm_easy", "tsm_hard_same_variance",
-           "tsm_hard_different_variance", "TSM_TARGETS", "TARGETS"]
+           "tsm_hard_different_variance", "digits", "TSM_TARGETS", "TARGETS"]
 
 
 def two_gaussians(d: int = 64, mu: float = 0.1, spread: float = 1e-4) -> GaussianMixture:
@@ -63,10 +63,20 @@ def tsm_hard_different_variance() -> GaussianMixture:
     return _symmetric_1d(0.05**2, 0.2**2)
 
 
+def digits() -> Empirical:
+    """The 1797 8x8 images of ``sklearn.datasets.load_digits`` (64-d, 10 classes), pixel values
+    0..16 mapped to [-1, 1], as an ``Empirical`` target: the real finite data set that stands in
+    for STF's CIFAR-10-4096 (§6.1), since nothing can be downloaded. The data ship with
+    scikit-learn."""
+    from sklearn.datasets import load_digits
+
+    return Empirical(load_digits().data / 8.0 - 1.0)
+
+
 #: the four 1-D targets of TSM §4.1 / Figs. 1-4, in the paper's order
 TSM_TARGETS = {"tsm-unit-gaussian": tsm_unit_gaussian, "tsm-easy": tsm_easy,
                "tsm-hard-same-variance": tsm_hard_same_variance,
                "tsm-hard-different-variance": tsm_hard_different_variance}
 
 #: name -> constructor, for the command line and sweeps
-TARGETS = {"two-gaussians": two_gaussians, "fp-gmm": fp_gmm, "ring8": ring8, **TSM_TARGETS}
+TARGETS = {"two-gaussians": two_gaussians, "fp-gmm": fp_gmm, "ring8": ring8, "digits": digits, **TSM_TARGETS}

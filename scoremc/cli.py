@@ -1,4 +1,6 @@
-"""Command line: ``scoremc info`` (exact scores of a built-in target across noise levels)."""
+"""Command line: ``scoremc report`` (the default sweep of the seed experiments), ``scoremc variance``
+(a variance sweep), ``scoremc info`` (exact scores of a built-in target across noise levels) and
+the individual reproductions. Every command has ``--help``."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +84,51 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _identities(estimators: str, n_refs: str):
+    from .identities import DSI, STF, TSI, Mix
+
+    names = [e.strip() for e in estimators.split(",") if e.strip()]
+    table = {"dsi": [DSI()], "tsi": [TSI()], "kappa": [Mix("kappa")], "kappa_bar": [Mix("kappa_bar")],
+             "optimal": [Mix("optimal")]}
+    out = []
+    for name in names:
+        if name == "stf":
+            out += [STF(int(n)) for n in n_refs.split(",") if n.strip()]
+        elif name in table:
+            out += table[name]
+        else:
+            raise SystemExit(f"scoremc: unknown estimator {name!r}; choose from {sorted(table) + ['stf']}")
+    return out
+
+
+def _times_arg(text: str, proc):
+    lo, hi, n = (float(v) for v in text.split(":"))
+    return np.linspace(lo, hi, int(n))
+
+
+def _cmd_variance(args) -> int:
+    from .experiments._common import write_sweep
+    from .sweep import variance
+
+    proc = PROCESS_NAMES[args.process]()
+    targets = {name: TARGETS[name]() for name in args.target.split(",")}
+    ts = _times_arg(args.times, proc) if args.times else _times(proc, args.n_times)
+    ds = variance(_identities(args.estimators, args.n_ref), targets, proc, ts, n_outer=args.n_outer,
+                  n_inner=args.n_inner, n_samples=args.n_samples, seed=args.seed, scheduler=args.scheduler,
+                  num_workers=args.workers)
+    files = write_sweep(ds, args.out, "variance", f"V(t) under {proc!r}", weightings=(None, "sigma2", "g2"))
+    for kind, path in files.items():
+        print(f"{kind:10s} {path}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .experiments.report import run_report
+
+    run_report(args.out, mode="quick" if args.quick else "report", seed=args.seed, scheduler=args.scheduler)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoremc", description="Exact scores and score estimators for "
                                      "diffusion models (see README.md).")
@@ -96,6 +143,45 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--seed", type=int, default=0)
     info.add_argument("--json", metavar="PATH", help="also write the table as JSON (atomically)")
     info.set_defaults(run=_cmd_info)
+
+    report = sub.add_parser("report", help="run the built-in variance sweeps of the seed experiments (STF Fig. "
+                            "2(b)/3, TSM Figs. 1-2) and write netCDF, PNG and Markdown", description=(
+                                "Writes OUT/index.md and, per experiment, OUT/<name>/*.nc, *.png, *.md. Takes "
+                                "under 3 minutes on 2 CPU cores."))
+    report.add_argument("--out", default="scoremc-report", help="output directory (default ./scoremc-report)")
+    report.add_argument("--quick", action="store_true", help="a seconds-long smoke version")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--scheduler", default=None, help="dask scheduler: synchronous (default), threads, "
+                        "processes, or a dask.distributed address tcp://host:port")
+    report.set_defaults(run=_cmd_report)
+
+    var = sub.add_parser("variance", help="variance of score estimators by noise level (netCDF + PNG + Markdown)",
+                         description="Sweep V(t) = E_{p_t} tr Cov_post L(x0, x_t, t) (STF Eq. 4) over t for "
+                         "several estimators and targets; writes OUT/variance.nc, OUT/variance*.png, OUT/variance.md.")
+    var.add_argument("--target", default="two-gaussians",
+                     help=f"comma-separated built-in targets: {', '.join(sorted(TARGETS))}")
+    var.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ve")
+    var.add_argument("--estimators", default="dsi,tsi,kappa,kappa_bar,stf",
+                     help="comma-separated: dsi, tsi, kappa, kappa_bar, optimal, stf (default %(default)s); "
+                     "tsi and the mixtures need a GaussianMixture target")
+    var.add_argument("--n-ref", default="2,16,256", help="reference sizes for stf (default %(default)s)")
+    var.add_argument("--times", help="lo:hi:n grid of t (default: --n-times points over the domain)")
+    var.add_argument("--n-times", type=int, default=16)
+    var.add_argument("--n-outer", type=int, default=500, help="x_t samples per time (default 500)")
+    var.add_argument("--n-inner", type=int, default=64, help="posterior samples per x_t (default 64)")
+    var.add_argument("--n-samples", type=int, default=100, help="estimator sample count for V/n (default 100)")
+    var.add_argument("--seed", type=int, default=0)
+    var.add_argument("--scheduler", default=None, help="dask scheduler (see `scoremc report --help`)")
+    var.add_argument("--workers", type=int, default=None, help="workers of a threads/processes scheduler")
+    var.add_argument("--out", required=True, help="output directory")
+    var.set_defaults(run=_cmd_variance)
+
+    try:  # the TSM Figs. 3-4 reproduction registers its own subcommand
+        from .experiments import tsm_weightings
+    except ImportError:
+        tsm_weightings = None
+    if tsm_weightings is not None:
+        tsm_weightings.add_parser(sub)
     return parser
 
 

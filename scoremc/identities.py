@@ -163,12 +163,14 @@ class STF(Identity):
     def target(proc: Process, t: float, xt, ref):
         """v(x_t) for reference batches ``ref`` (..., n_ref, d) and x_t (..., d) -> (..., d)."""
         a, s = float(proc.alpha(t)), float(proc.sigma(t))
-        diff = a * ref - xt[..., None, :]
-        logits = -(diff * diff).sum(-1) / (2 * s * s)
+        # the logits' |x_t|^2 term is common to a row and cancels in the softmax, so only the
+        # cross term and |alpha x_i|^2 are formed: no (..., n_ref, d) difference array
+        logits = (a * np.einsum("...id,...d->...i", ref, xt) - 0.5 * a * a * np.einsum("...id,...id->...i", ref, ref))
+        logits /= s * s
         logits -= logits.max(-1, keepdims=True)
         w = np.exp(logits)
         w /= w.sum(-1, keepdims=True)
-        return np.einsum("...i,...id->...d", w, diff) / (s * s)
+        return (a * np.einsum("...i,...id->...d", w, ref) - xt) / (s * s)
 
 
 def integrand_samples(identity: Identity, dist, proc: Process, t, xt, *, n: int, rng: np.random.Generator):
@@ -188,16 +190,28 @@ def integrand_samples(identity: Identity, dist, proc: Process, t, xt, *, n: int,
     post = posterior(dist, proc, t, xt)
     x0 = post.sample(n, rng)  # (n, N, d)
     if isinstance(identity, STF):
-        ref = x0[:, :, None, :]
-        if identity.n_ref > 1:
-            others = sample(dist, n * len(xt) * (identity.n_ref - 1), rng)
-            ref = np.concatenate([ref, others.reshape(n, len(xt), identity.n_ref - 1, d)], axis=2)
-        return STF.target(proc, t, xt, ref)
+        return _stf_samples(identity, dist, proc, t, xt, x0, rng)
     if isinstance(identity, Mix) and identity.w == "optimal":
         D, T = DSI.integrand(dist, proc, t, x0, xt), TSI.integrand(dist, proc, t, x0)
         w = optimal_weight(dist, proc, t, xt, post.sample(max(n, 2), rng))
         return T + w[None, :, None] * (D - T)
     return identity.integrand(dist, proc, t, x0, xt)
+
+
+def _stf_samples(identity, dist, proc, t, xt, x0, rng, budget: int = 1 << 22):
+    """STF targets for posterior draws x0 (n, N, d), drawing the other n_ref - 1 reference points
+    from p0 in blocks of inner draws so that a block's (rows, N, n_ref, d) batch stays ~budget."""
+    n, N, d = x0.shape
+    block = max(1, budget // max(1, N * identity.n_ref * d))
+    out = np.empty_like(x0)
+    for i in range(0, n, block):
+        ref = x0[i:i + block, :, None, :]
+        if identity.n_ref > 1:
+            m = ref.shape[0]
+            others = sample(dist, m * N * (identity.n_ref - 1), rng).reshape(m, N, identity.n_ref - 1, d)
+            ref = np.concatenate([ref, others], axis=2)
+        out[i:i + block] = STF.target(proc, t, xt, ref)
+    return out
 
 
 def optimal_weight(dist, proc: Process, t: float, xt, x0_pilot) -> np.ndarray:

@@ -272,11 +272,14 @@ for _verb in (logpdf, score, hessian, divergence):
 
 def sample_parts(G: Gaussians, n: int, rng: np.random.Generator) -> np.ndarray:
     """n draws from the normal form G, shape (n, d)."""
-    k = rng.choice(G.n_components, size=n, p=np.exp(G.log_weights - np.logaddexp.reduce(G.log_weights)))
-    z = rng.standard_normal((n, G.dim)) * np.sqrt(np.broadcast_to(G.var, (G.n_components, G.dim))[k])
+    w = np.exp(G.log_weights - np.logaddexp.reduce(G.log_weights))
+    k = rng.choice(G.n_components, size=n, p=w)
+    z = rng.standard_normal((n, G.dim))
+    z *= np.sqrt(G.var)[k]  # (n, 1) or (n, d): in place, no broadcast copy of var
     if G.basis is not None:
         z = np.einsum("nij,nj->ni", G.basis[k], z)
-    return G.means[k] + z
+    z += G.means[k]
+    return z
 
 
 def sample(dist, n, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,32 @@
+"""Shared output handling of the reproductions: one folder, netCDF + PNG + Markdown."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..plotting import plot_variance, summary_markdown
+from ..sweep import save_dataset
+
+
+def write_text(path, text: str) -> str:
+    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_sweep(ds, out_dir, stem: str, title: str, weightings=(None,), notes: str = "") -> dict:
+    """Write ``stem.nc``, ``stem.png`` (plus ``stem_<weighting>.png``) and ``stem.md`` into out_dir."""
+    out = Path(out_dir)
+    files = {"netcdf": save_dataset(ds, out / f"{stem}.nc")}
+    for w in weightings:
+        name = f"{stem}.png" if w is None else f"{stem}_{w}.png"
+        files[f"png{'' if w is None else '_' + w}"] = plot_variance(ds, out / name, weighting=w, title=title)
+    files["markdown"] = write_text(out / f"{stem}.md", f"## {title}\n\n{notes}\n\n{summary_markdown(ds)}\n")
+    return files

@@ -1,0 +1,87 @@
+"""Plots and Markdown summaries of variance sweeps (matplotlib, Agg backend, atomic writes)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["plot_variance", "save_figure", "summary_markdown"]
+
+
+def save_figure(fig, path) -> str:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _figure(n_panels: int, width: float = 4.2, height: float = 3.4):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cols = min(n_panels, 4)
+    rows = -(-n_panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def plot_variance(ds, path, var: str = "V", weighting: str | None = None, title: str | None = None) -> str:
+    """Log-scale V(t) per estimator, one panel per target, with +-2 standard-error bands.
+
+    ``weighting`` ("1", "sigma2", "g2") plots lambda(t) V(t) from ``V_weighted``.
+    """
+    data = ds["V_weighted"].sel(weighting=weighting) if weighting else ds[var]
+    se = ds["V_se"] * (data / ds["V"]).fillna(0) if var == "V" else None
+    fig, axes = _figure(ds.sizes["target"])
+    for ax, target in zip(axes, ds["target"].values):
+        for est in ds["estimator"].values:
+            y = data.sel(target=target, estimator=est).values
+            line, = ax.plot(ds["t"].values, np.where(y > 0, y, np.nan), label=str(est))
+            if se is not None:
+                e = 2 * se.sel(target=target, estimator=est).values
+                ax.fill_between(ds["t"].values, np.clip(y - e, y * 1e-3, None), y + e, color=line.get_color(),
+                                alpha=0.15, linewidth=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("t")
+        ax.set_title(str(target), fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel({None: "V(t)", "1": "V(t)", "sigma2": r"$\sigma_t^2\,V(t)$", "g2": r"$g_t^2\,V(t)$"}[weighting])
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def summary_markdown(ds, var: str = "V") -> str:
+    """A short Markdown report: per target, each estimator's V at five times and its peak."""
+    picks = np.unique(np.linspace(0, ds.sizes["t"] - 1, 5).round().astype(int))
+    ts = ds["t"].values[picks]
+    lines = [f"Process: `{ds.attrs.get('process', '?')}`; n_outer={ds.attrs.get('n_outer')}, "
+             f"n_inner={ds.attrs.get('n_inner')}, seed={ds.attrs.get('seed')}.", ""]
+    for target in ds["target"].values:
+        lines += [f"### {target}", "", "| estimator | method | " + " | ".join(f"V(t={t:.3g})" for t in ts)
+                  + " | argmax t |", "|---" * (len(ts) + 3) + "|"]
+        for est in ds["estimator"].values:
+            v = ds[var].sel(target=target, estimator=est).values
+            peak = ds["t"].values[int(np.nanargmax(v))] if np.isfinite(v).any() else float("nan")
+            method = str(ds["method"].sel(target=target, estimator=est).values)
+            lines.append(f"| {est} | {method} | " + " | ".join(f"{x:.3g}" for x in v[picks]) + f" | {peak:.3g} |")
+        lines.append("")
+    return "\n".join(lines)

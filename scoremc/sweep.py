@@ -1,0 +1,189 @@
+"""Variance sweeps over noise levels, estimators and targets, as an ``xarray.Dataset``.
+
+:func:`variance` evaluates :func:`scoremc.variance.time_slice` for every (target, t) pair. The
+pairs are independent, so they run as dask tasks: in-process by default
+(``scheduler="synchronous"``), or on local threads/processes, or on a dask.distributed cluster
+given by its address. Each task draws from its own ``numpy.random.SeedSequence`` keyed by
+(seed, target index, t index), so the result does not depend on the scheduler, the number of
+workers or the order of execution, and all estimators at one (target, t) share the same x_t
+(common random numbers make their differences far less noisy than their values).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from . import __version__
+from ._validation import as_count, as_float_array
+from .identities import STF, Identity
+from .noising import _check_process
+from .targets import _parts_of
+from .variance import time_slice
+
+__all__ = ["variance", "save_dataset", "WEIGHTINGS"]
+
+#: lambda(t) of the weighted variants: 1, sigma^2 (Song et al.), g^2 (likelihood weighting)
+WEIGHTINGS = ("1", "sigma2", "g2")
+
+
+def _task(identities, dist, proc, t, kwargs, seed_key):
+    rng = np.random.default_rng(np.random.SeedSequence(kwargs["seed"], spawn_key=seed_key))
+    return time_slice(identities, dist, proc, t, n_outer=kwargs["n_outer"], n_inner=kwargs["n_inner"], rng=rng,
+                      exact=kwargs["exact"], divergence=kwargs["divergence"])
+
+
+def _as_targets(dist) -> dict:
+    if isinstance(dist, Mapping):
+        if not dist:
+            raise ValueError("dist must hold at least one target")
+        for name, d in dist.items():
+            _parts_of(d)
+        return dict(dist)
+    _parts_of(dist)
+    return {repr(dist): dist}
+
+
+def _as_identities(identity) -> list:
+    ids = [identity] if isinstance(identity, Identity) else list(identity)
+    if not ids:
+        raise ValueError("identity must name at least one estimator")
+    for i in ids:
+        if not isinstance(i, Identity):
+            raise TypeError(f"identity must be DSI(), TSI(), Mix(w) or STF(n_ref), got {type(i).__name__}")
+    names = [i.name for i in ids]
+    if len(set(names)) != len(names):
+        raise ValueError(f"estimators must be distinct, got {names}")
+    return ids
+
+
+def _run(tasks, scheduler, num_workers, progress):
+    """Compute dask delayed tasks; a tqdm bar (quiet when not a TTY) for local schedulers."""
+    import dask
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    if scheduler is not None and "://" in str(scheduler):
+        from distributed import Client  # an existing cluster, by address
+
+        with Client(scheduler) as client:
+            return client.gather(client.compute(tasks))
+    from dask.callbacks import Callback
+
+    class _Bar(Callback):
+        def _start_state(self, dsk, state):
+            self.bar = tqdm(total=len(tasks), desc="variance sweep", disable=disable)
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            name = key[0] if isinstance(key, tuple) else key
+            if str(name).startswith("_task"):
+                self.bar.update(1)
+
+        def _finish(self, dsk, state, errored):
+            self.bar.close()
+
+    with _Bar():
+        return dask.compute(*tasks, scheduler=scheduler or "synchronous", num_workers=num_workers)
+
+
+def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 100, n_samples: int = 100,
+             seed: int = 0, exact: bool = True, divergence: bool = True, scheduler=None, num_workers=None,
+             progress=None) -> xr.Dataset:
+    """Variance of score estimators by noise level, as an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    identity : an Identity or a sequence of them (``estimator`` dimension, named by ``.name``).
+    dist : a target, or a mapping name -> target (``target`` dimension).
+    proc : the forward process; ``ts`` : times (1-D, in the process's domain).
+    n_outer : points x_t ~ p_t per (target, t) for the outer average (standard errors from these).
+    n_inner : posterior draws per x_t for nested Monte Carlo, D(t) and the Theorem-2 terms.
+    n_samples : sample count of the Monte Carlo estimator whose variance V / n_samples is reported.
+    exact : use the closed-form inner expectation where it exists (else nested MC everywhere).
+    scheduler : None / "synchronous" (in-process), "threads", "processes", or a dask.distributed
+        address such as "tcp://127.0.0.1:8786"; ``num_workers`` for the local pools.
+
+    Returns a Dataset with dims (target, estimator, t[, weighting]) holding ``V`` (E_{p_t} tr Cov
+    of the integrand, STF Eq. 4) and ``V_se``, ``V_weighted`` (lambda(t) V for lambda in 1,
+    sigma^2, g^2), ``estimator_variance`` (V / n_samples), ``bias_sq`` (STF), ``stf_leading``
+    (corrected Theorem-2 term V_STF ~ E[(post/p0)|g - s|^2]/(n_ref - 1)), ``method``, and per
+    (target, t) ``D`` / ``log_D`` (Theorem 2's f-divergence); coordinates ``sigma``, ``alpha``,
+    ``log_snr``, ``g2`` along t and ``n_ref`` along estimator (0 for non-STF).
+    """
+    import dask
+
+    ids = _as_identities(identity)
+    targets = _as_targets(dist)
+    proc = _check_process(proc)
+    ts = as_float_array(ts, "ts", ndim=1)
+    proc.check_t(ts, "ts")
+    kwargs = dict(n_outer=as_count(n_outer, "n_outer", minimum=2), n_inner=as_count(n_inner, "n_inner", minimum=2),
+                  seed=as_count(seed, "seed", minimum=0), exact=bool(exact), divergence=bool(divergence))
+    n_samples = as_count(n_samples, "n_samples")
+    task = dask.delayed(_task, pure=False)
+    tasks = [task(ids, d, proc, float(t), kwargs, (ti, tj))
+             for ti, d in enumerate(targets.values()) for tj, t in enumerate(ts)]
+    results = _run(tasks, scheduler, num_workers, progress)
+    return _assemble(results, ids, targets, proc, ts, kwargs, n_samples)
+
+
+def _assemble(results, ids, targets, proc, ts, kwargs, n_samples) -> xr.Dataset:
+    names, est = list(targets), [i.name for i in ids]
+    shape = (len(names), len(est), len(ts))
+    fields = ("V", "V_se", "bias_sq", "bias_sq_se", "stf_leading", "stf_leading_se")
+    arr = {f: np.full(shape, np.nan) for f in fields}
+    method = np.empty(shape[:2], dtype=object)
+    per_t = {f: np.full((len(names), len(ts)), np.nan) for f in ("D", "D_se", "log_D")}
+    it = iter(results)
+    for a in range(len(names)):
+        for c in range(len(ts)):
+            res = next(it)
+            for f in per_t:
+                per_t[f][a, c] = res.get(f, np.nan)
+            for b, e in enumerate(est):
+                for f in fields:
+                    arr[f][a, b, c] = res["estimators"][e][f]
+                method[a, b] = res["estimators"][e]["method"]
+    lam = np.stack([np.ones(len(ts)), np.asarray(proc.sigma(ts)) ** 2, np.asarray(proc.g2(ts))])
+    dims = ("target", "estimator", "t")
+    ds = xr.Dataset(
+        {f: (dims, v) for f, v in arr.items()}
+        | {"V_weighted": (("weighting",) + dims, lam[:, None, None, :] * arr["V"][None]),
+           "estimator_variance": (dims, arr["V"] / n_samples),
+           "method": (("target", "estimator"), method.astype(str))}
+        | {f: (("target", "t"), v) for f, v in per_t.items()},
+        coords={"target": names, "estimator": est, "t": ts, "weighting": list(WEIGHTINGS),
+                "sigma": ("t", np.asarray(proc.sigma(ts))), "alpha": ("t", np.asarray(proc.alpha(ts))),
+                "log_snr": ("t", np.asarray(proc.log_snr(ts))), "g2": ("t", np.asarray(proc.g2(ts))),
+                "n_ref": ("estimator", [i.n_ref if isinstance(i, STF) else 0 for i in ids])})
+    ds.attrs.update(process=repr(proc), n_outer=kwargs["n_outer"], n_inner=kwargs["n_inner"], seed=kwargs["seed"],
+                    n_samples=n_samples, exact=int(kwargs["exact"]), scoremc_version=__version__,
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    description="V = E_{p_t} tr Cov_{p(x0|x_t)} L (STF Eq. 4); D = E_{p_t} D_f(p0 || p(.|x_t)) "
+                                "(STF Theorem 2 order, FLAG-S6); stf_leading = corrected Theorem-2 term "
+                                "(FLAG-S4/S5)")
+    ds["V"].attrs["long_name"] = "average posterior trace-covariance of the integrand"
+    ds["D"].attrs["long_name"] = "E_{p_t} D_f(p0 || p(x0|x_t)), f of STF Theorem 2"
+    return ds
+
+
+def save_dataset(ds: xr.Dataset, path) -> str:
+    """Write ``ds`` as netCDF atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".nc.tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

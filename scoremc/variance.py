@@ -1,0 +1,161 @@
+"""Variance of the score identities at one noise level (STF Eq. 4, Theorem 2; TSM App. C).
+
+For an identity with integrand L and a time t,
+
+    V(t) = E_{x_t ~ p_t} tr Cov_{x0 ~ p(x0 | x_t)} L(x0, x_t, t)          (STF Eq. 4)
+
+is the average posterior trace-covariance: the variance per posterior sample of the Monte Carlo
+score estimator, and the irreducible part of the regression loss. :func:`time_slice` computes it
+on a batch of x_t ~ p_t (outer Monte Carlo, with a standard error) with the inner expectation
+
+* exact (Rao-Blackwellised from the posterior's closed-form moments) where L is affine in x0:
+  DSI always, and TSI / fixed-weight mixtures / the optimal mixture for a one-component
+  Gaussian target (the setting of TSM App. C);
+* by nested Monte Carlo otherwise (TSI and mixtures on multi-component targets, STF), with the
+  unbiased sample trace-variance of ``n_inner`` draws per x_t.
+
+It also returns the f-divergence D(t) of STF §6.1 in Theorem 2's argument order (FLAG-S6),
+the corrected leading term of Theorem 2 (FLAG-S4/S5) and, for STF, the squared bias
+|E v(x_t) - grad log p_t(x_t)|^2 (STF Eq. 7 is biased for finite n_ref).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _dense, _fast
+from .identities import DSI, STF, TSI, Identity, Mix, integrand_samples
+from .noising import noised_parts, posterior
+from .targets import GaussianMixture, _parts_of, sample
+
+__all__ = ["time_slice", "f_stf", "log_f_stf", "exact_available"]
+
+
+def log_f_stf(log_y: np.ndarray) -> np.ndarray:
+    """log f(y) for Theorem 2's convex f: f(y) = (1/y - 1)^2 for y < 1.5, 8y/27 - 1/3 for y >= 1.5.
+
+    Evaluated from log y so that posterior/prior ratios of 1e+-300 and beyond stay finite.
+    """
+    ly = np.asarray(log_y, dtype=np.float64)
+    out = np.empty_like(ly)
+    big = ly >= np.log(1.5)
+    # y < 1.5: |1/y - 1| = |expm1(-log y)|, and log expm1(z) = z + log1p(-e^-z) for z > 0
+    z = -ly[~big]
+    with np.errstate(divide="ignore"):
+        small_abs = np.where(z > 0, z + np.log1p(-np.exp(-np.abs(z))), np.log(np.abs(np.expm1(z))))
+    out[~big] = 2.0 * small_abs
+    out[big] = ly[big] + np.log(8.0 / 27.0 - np.exp(-ly[big]) / 3.0)
+    return out
+
+
+def f_stf(y):
+    """Theorem 2's f(y) (STF §5), the smallest convex majorant of (1/y - 1)^2 (tangent at 1.5)."""
+    return np.exp(log_f_stf(np.log(np.asarray(y, dtype=np.float64))))
+
+
+def exact_available(identity: Identity, dist) -> bool:
+    """Whether V(t) of ``identity`` on ``dist`` has a closed-form inner expectation."""
+    if isinstance(identity, DSI):
+        return True
+    single_gaussian = isinstance(dist, GaussianMixture) and dist.n_components == 1
+    return single_gaussian and isinstance(identity, (TSI, Mix))
+
+
+def _affine_trace_cov(identity, dist, proc, t) -> float:
+    """tr Cov_post L for L = A x0 + b on a one-component Gaussian target (TSM App. C).
+
+    In the target's eigenbasis (eigenvalues lam, c = alpha^2 lam + sigma^2) the posterior
+    covariance is lam sigma^2 / c and A = w alpha / sigma^2 - (1 - w) / (alpha lam), so
+    tr Cov = sum_j a_j^2 lam_j sigma^2 / c_j. DSI: alpha^2/sigma^2 sum lam/c; TSI: the corrected
+    sigma^2 / (alpha^2 lam S) of FLAG-T1.
+    """
+    G = _parts_of(dist)
+    lam = np.broadcast_to(G.var[0], (G.dim,))
+    a, s = float(proc.alpha(t)), float(proc.sigma(t))
+    c = a * a * lam + s * s
+    post = lam * s * s / c
+    u, v = a / (s * s) + 1.0 / (a * lam), 1.0 / (a * lam)  # a_j(w) = w u_j - v_j
+    if isinstance(identity, DSI):
+        w = 1.0
+    elif isinstance(identity, TSI):
+        w = 0.0
+    elif identity.w == "optimal":
+        w = float((u * v * post).sum() / (u * u * post).sum())
+    else:
+        w = identity.weight(dist, proc, t)
+    return float((((w * u - v) ** 2) * post).sum())
+
+
+def _mean_se(values: np.ndarray):
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
+def _trace_var(draws: np.ndarray) -> np.ndarray:
+    """Unbiased trace of the sample covariance over the first axis: (m, N, d) -> (N,)."""
+    c = draws - draws.mean(axis=0)
+    return (c * c).sum(axis=(0, 2)) / (draws.shape[0] - 1)
+
+
+def _split_bias_sq(draws: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Unbiased per-row estimate of |E L - target|^2 from two independent halves of the draws."""
+    h = draws.shape[0] // 2
+    return ((draws[:h].mean(0) - target) * (draws[h:2 * h].mean(0) - target)).sum(-1)
+
+
+def time_slice(identities, dist, proc, t: float, *, n_outer: int, n_inner: int, rng: np.random.Generator,
+               exact: bool = True, divergence: bool = True) -> dict:
+    """All variance quantities at one time t, sharing one batch of x_t ~ p_t across identities.
+
+    Returns ``{"estimators": {name: {...}}, "D": ..., ...}``; per estimator: ``V``, ``V_se``,
+    ``method`` ("exact" | "nested"), ``bias_sq``, ``bias_sq_se`` (STF only, else NaN) and
+    ``stf_leading`` (the corrected Theorem-2 leading term, STF only).
+    """
+    a, s = float(proc.alpha(t)), float(proc.sigma(t))
+    G0 = _parts_of(dist)
+    x0 = sample(dist, n_outer, rng)
+    xt = a * x0 + s * rng.standard_normal(x0.shape)
+    G = noised_parts(dist, proc, t)
+    score = _fast.score(G, xt)
+    out = {"estimators": {}}
+
+    x0_post = None
+    if divergence or any(isinstance(i, STF) for i in identities):
+        x0_post = posterior(dist, proc, t, xt).sample(n_inner, rng)  # (n_inner, n_outer, d)
+        dsi = DSI.integrand(dist, proc, t, x0_post, xt)
+        # log of the prior/posterior ratio p0(x0)/p(x0|x_t) = p_t(x_t) / N(x_t; a x0, s^2 I) (Bayes)
+        log_kernel = (-0.5 * ((xt - a * x0_post) ** 2).sum(-1) / (s * s)
+                      - 0.5 * G.dim * np.log(2 * np.pi * s * s))
+        log_y = _fast.logpdf(G, xt)[None, :] - log_kernel
+        if divergence:
+            # D(t) = E_{p_t} D_f(p0 || p(.|x_t)) = E_{p_t} E_post f(p0 / post)  (Theorem 2 order, FLAG-S6)
+            per_point = np.logaddexp.reduce(log_f_stf(log_y), axis=0) - np.log(n_inner)
+            log_D = np.logaddexp.reduce(per_point) - np.log(n_outer)
+            out["log_D"] = float(log_D)
+            out["D"], out["D_se"] = _mean_se(np.exp(per_point))
+        # corrected Theorem-2 leading term without the 1/(n-1): E_post[(post/p0) |g - s|^2]
+        weighted = np.exp(-log_y) * ((dsi - score) ** 2).sum(-1)
+        out["stf_leading_unscaled"], out["stf_leading_unscaled_se"] = _mean_se(weighted.mean(0))
+
+    for identity in identities:
+        res = {"bias_sq": np.nan, "bias_sq_se": np.nan, "stf_leading": np.nan, "stf_leading_se": np.nan}
+        if exact and exact_available(identity, dist):
+            res["method"] = "exact"
+            if isinstance(identity, DSI):
+                post_var = G0.var * (s * s) / G.var
+                per_point = (a / (s * s)) ** 2 * _dense.posterior_trace_cov(G, xt, G0, a, post_var)
+                res["V"], res["V_se"] = _mean_se(per_point)
+            else:
+                res["V"], res["V_se"] = _affine_trace_cov(identity, dist, proc, t), 0.0
+        else:
+            res["method"] = "nested"
+            draws = integrand_samples(identity, dist, proc, t, xt, n=n_inner, rng=rng)
+            res["V"], res["V_se"] = _mean_se(_trace_var(draws))
+            if isinstance(identity, STF):
+                res["bias_sq"], res["bias_sq_se"] = _mean_se(_split_bias_sq(draws, score))
+                if identity.n_ref > 1 and "stf_leading_unscaled" in out:
+                    k = 1.0 / (identity.n_ref - 1)
+                    res["stf_leading"] = k * out["stf_leading_unscaled"]
+                    res["stf_leading_se"] = k * out["stf_leading_unscaled_se"]
+        out["estimators"][identity.name] = res
+    return out
