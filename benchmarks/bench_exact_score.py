@@ -300,12 +300,30 @@ def machine_info() -> dict:
         "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
         "numba_threading_layer": layer,
         "scoremc": smc.__version__,
+        "scoremc_git": _git_info(),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                       "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")},
         "blas": _blas_info(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _git_info() -> dict:
+    """Commit of the checkout holding scoremc, and which files of scoremc/ differ from it."""
+    root = Path(smc.__file__).resolve().parent.parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", "scoremc")
+    return {"commit": commit,
+            "scoremc_changed_files": None if status is None else [ln[3:] for ln in status.splitlines()]}
 
 
 def _loadavg():
@@ -393,6 +411,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -451,10 +472,11 @@ def main(argv=None) -> dict:
     print(markdown_table(results))
     print()
     print("GFLOP/s count the dominant flops: " + "; ".join(f"{k}: {v}" for k, v in FLOPS_DOC.items()))
+    cold = results["numba"]["cold_compile_s"]
     print(f"reference square DGEMM n={results['dgemm_reference']['n']}: "
           f"{results['dgemm_reference']['gflops']:.1f} GFLOP/s; Numba kernel first call: "
           f"{results['numba']['first_call_includes']}, cold compile "
-          f"{results['numba']['cold_compile_s'] if results['numba']['cold_compile_s'] is None else round(results['numba']['cold_compile_s'], 2)} s; "
+          f"{'not measured' if cold is None else f'{cold:.2f} s'}; "
           f"loadavg start {results['loadavg_start']}, end {results['loadavg_end']}")
     bad = [f"{c['case']} {c['op']}: {c['max_rel_err']:.3g}" for c in results["cases"] if not c["max_rel_err"] < TOL]
     assert not bad, f"scoremc and the baseline disagree (max rel err >= {TOL}): {bad}"
