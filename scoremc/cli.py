@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
 import numpy as np
 
 from . import __version__
+from ._io import write_text
 from .builtin import TARGETS
 from .fpe import fpe_residual
 from .noising import exact_score, posterior
@@ -57,15 +56,6 @@ def info_rows(target: str, process: str, n_points: int, n_times: int, seed: int)
     return rows
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def _cmd_info(args) -> int:
     procs = list(PROCESS_NAMES) if args.process == "all" else [args.process]
     report = {}
@@ -79,7 +69,7 @@ def _cmd_info(args) -> int:
             print(f"{r['t']:9.4g} {r['sigma']:10.4g} {r['alpha']:9.4g} {r['score_norm']:11.4g} "
                   f"{r['effective_components']:10.3f} {r['tweedie_gap']:12.2e} {r['fpe_rel_residual']:11.2e}")
     if args.json:
-        _write_atomic(args.json, json.dumps(report, indent=1))
+        write_text(args.json, json.dumps(report, indent=1))
         print(f"\nwrote {args.json}")
     return 0
 

@@ -2,30 +2,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from ._io import atomic_path
 
 __all__ = ["plot_variance", "save_figure", "summary_markdown"]
 
 
 def save_figure(fig, path) -> str:
-    """Save a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    """Save a matplotlib figure as PNG atomically and close it; returns the path."""
     import matplotlib.pyplot as plt
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png.tmp") as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return os.fspath(path)
 
 
 def _figure(n_panels: int, width: float = 4.2, height: float = 3.4):

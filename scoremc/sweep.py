@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from . import __version__
+from ._io import atomic_path
 from ._validation import as_count, as_float_array
 from .identities import STF, Identity
 from .noising import _check_process
@@ -173,17 +173,7 @@ def _assemble(results, ids, targets, proc, ts, kwargs, n_samples) -> xr.Dataset:
 
 
 def save_dataset(ds: xr.Dataset, path) -> str:
-    """Write ``ds`` as netCDF atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".nc.tmp")
-    os.close(fd)
-    try:
+    """Write ``ds`` as netCDF (netCDF4 engine) atomically; returns the path."""
+    with atomic_path(path, suffix=".nc.tmp") as tmp:
         ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return os.fspath(path)

@@ -75,8 +75,20 @@ def _covariance_parts(covs: np.ndarray, k: int, d: int):
                      f"got {covs.shape}")
 
 
+class _Target:
+    """Shared read-only views of a target through its normal form ``_parts``."""
+
+    @property
+    def n_components(self) -> int:
+        return self._parts.n_components
+
+    @property
+    def dim(self) -> int:
+        return self._parts.dim
+
+
 @dataclass(frozen=True, eq=False)
-class GaussianMixture:
+class GaussianMixture(_Target):
     """sum_k weights[k] N(means[k], C_k), C_k from ``covs`` (K,) | (K, d) | (K, d, d).
 
     All arrays are validated (finite, matching K and d, weights a probability vector, covariances
@@ -118,14 +130,6 @@ class GaussianMixture:
         self._set(np.exp(parts.log_weights), parts.means, covs, parts, kind)
         return self
 
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
     def mean(self) -> np.ndarray:
         """Mean of the mixture, shape (d,)."""
         return self.weights @ self.means
@@ -146,7 +150,7 @@ def _log(w):
 
 
 @dataclass(frozen=True, eq=False)
-class Empirical:
+class Empirical(_Target):
     """Uniform mixture of Dirac masses at the rows of ``points`` (K, d): a finite data set.
 
     Its noised laws are isotropic Gaussian mixtures with covariance sigma(t)^2 I around
@@ -165,14 +169,6 @@ class Empirical:
         object.__setattr__(self, "_parts", Gaussians(np.full(k, -np.log(k)), self.points, np.zeros((k, 1))))
 
     cov_kind = "iso"
-
-    @property
-    def n_components(self) -> int:
-        return self.points.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.points.shape[1]
 
     @property
     def weights(self) -> np.ndarray:

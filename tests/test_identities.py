@@ -99,3 +99,13 @@ def test_invalid_identities():
                           rng=np.random.default_rng(0))
     with pytest.raises(TypeError, match="identity must be"):
         estimate("dsi", builtin.tsm_easy(), smc.VE(), 0.5, [[0.2]], n=3, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("proc", [smc.VE(), smc.SubVP(), smc.Cosine()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("identity", [DSI(), TSI(), Mix("kappa"), Mix("optimal")], ids=lambda i: i.name)
+def test_identities_pass_the_toolkit_unbiasedness_check(identity, proc):
+    # dogfooding scoremc.testing: family-wise false-alarm rate 1% per test
+    from scoremc.testing import assert_estimator_unbiased
+
+    gm = builtin.ring8()
+    assert_estimator_unbiased(identity, gm, proc, level=0.01, ts=[0.2, 0.5, 0.8], n_points=3, n=1000, seed=2)

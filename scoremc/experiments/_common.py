@@ -1,24 +1,11 @@
 """Shared output handling of the reproductions: one folder, netCDF + PNG + Markdown."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from .._io import write_text
 from ..plotting import plot_variance, summary_markdown
 from ..sweep import save_dataset
-
-
-def write_text(path, text: str) -> str:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
 
 
 def write_sweep(ds, out_dir, stem: str, title: str, weightings=(None,), notes: str = "") -> dict:

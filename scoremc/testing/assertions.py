@@ -1,0 +1,211 @@
+"""Assertions that check a score model against exact truth, noise level by noise level.
+
+Each assertion takes any score callable ``model(x, t)`` (NumPy, or torch: a ``torch.nn.Module``
+is called with tensors of its parameters' dtype and device; a plain torch function can be
+wrapped with :func:`torch_score`), draws points x_t ~ p_t of a target with exact laws at
+several times, and fails with a table by noise level (t, sigma, the measured quantity, the
+tolerance) instead of a bare boolean.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from ..identities import Identity, integrand_samples
+from ..noising import exact_score, posterior
+from ..processes import EDM, Process
+from ..targets import _parts_of, sample
+
+__all__ = ["assert_score_close", "assert_tweedie", "assert_estimator_unbiased", "assert_fpe_consistent",
+           "assert_conservative", "default_times", "call_model", "torch_score", "CheckReport"]
+
+
+def default_times(proc: Process, n: int = 8) -> np.ndarray:
+    """n times spread over the process's domain, away from singular ends (EDM: sigma grid)."""
+    if isinstance(proc, EDM):
+        return np.geomspace(0.01, 50.0, n)
+    return np.linspace(0.05, 0.95, n)
+
+
+@dataclass(frozen=True)
+class torch_score:
+    """Adapter: call a torch function ``fn(x, t)`` with tensors and return float64 NumPy arrays."""
+
+    fn: object
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __call__(self, x, t):
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+        xt = torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
+        tt = torch.as_tensor(np.broadcast_to(t, np.shape(x)[:-1]).copy(), dtype=dtype, device=self.device)
+        with torch.no_grad():
+            return self.fn(xt, tt).detach().cpu().double().numpy()
+
+
+def call_model(model, x: np.ndarray, t) -> np.ndarray:
+    """Evaluate ``model(x, t)`` with per-row times, returning float64 NumPy of shape x.shape."""
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), x.shape[:-1]).copy()
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        p = next(model.parameters(), None)
+        # dtype and device follow the module's parameters; a parameterless module gets float64
+        kind = str(p.dtype).removeprefix("torch.") if p is not None else "float64"
+        out = torch_score(model, kind, str(p.device) if p is not None else "cpu")(x, t)
+    else:
+        out = model(x, t)
+        if torch is not None and isinstance(out, torch.Tensor):
+            out = out.detach().cpu().double().numpy()
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != x.shape:
+        raise ValueError(f"model(x, t) must return shape {x.shape} like x, got {out.shape}")
+    return out
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Rows (t, sigma, value, tolerance, ok) of one check; ``str()`` is the failure table."""
+
+    title: str
+    quantity: str
+    rows: tuple
+
+    @property
+    def ok(self) -> bool:
+        return all(r[-1] for r in self.rows)
+
+    def __str__(self):
+        lines = [self.title, f"{'t':>10} {'sigma':>10} {self.quantity:>16} {'tolerance':>11}  status"]
+        for t, s, v, tol, ok in self.rows:
+            lines.append(f"{t:10.4g} {s:10.4g} {v:16.4g} {tol:11.4g}  {'ok' if ok else 'FAIL'}")
+        return "\n".join(lines)
+
+    def check(self):
+        if not self.ok:
+            raise AssertionError("\n" + str(self))
+        return self
+
+
+def _noised_points(dist, proc, t, n, rng):
+    a, s = float(proc.alpha(t)), float(proc.sigma(t))
+    return a * sample(dist, n, rng) + s * rng.standard_normal((n, _parts_of(dist).dim))
+
+
+def _rel_rms(err, ref):
+    return float(np.sqrt(np.mean(np.sum(err**2, -1))) / max(np.sqrt(np.mean(np.sum(ref**2, -1))), 1e-300))
+
+
+def assert_score_close(model, dist, proc: Process, *, rtol: float = 0.05, ts=None, n: int = 256,
+                       seed: int = 0) -> CheckReport:
+    """The model's score is within ``rtol`` of the exact score at every t, in relative RMS over
+    x_t ~ p_t: sqrt(E|model - s|^2) / sqrt(E|s|^2) <= rtol."""
+    rng = np.random.default_rng(seed)
+    truth = exact_score(dist, proc)
+    rows = []
+    for t in default_times(proc) if ts is None else ts:
+        x = _noised_points(dist, proc, t, n, rng)
+        err = _rel_rms(call_model(model, x, t) - truth(x, t), truth(x, t))
+        rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
+    return CheckReport(f"score vs exact score of {dist!r} under {proc!r}", "rel. RMS error", tuple(rows)).check()
+
+
+def assert_tweedie(denoiser, score, proc: Process, dist, *, rtol: float = 0.05, ts=None, n: int = 256,
+                   seed: int = 0) -> CheckReport:
+    """Tweedie's identity alpha D(x, t) = x + sigma^2 s(x, t) between a denoiser (x0-prediction)
+    and a score model, on x_t ~ p_t of ``dist``: relative RMS gap, normalised by |sigma^2 s|."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in default_times(proc) if ts is None else ts:
+        a, s2 = float(proc.alpha(t)), float(proc.sigma(t)) ** 2
+        x = _noised_points(dist, proc, t, n, rng)
+        s_term = s2 * call_model(score, x, t)
+        err = _rel_rms(a * call_model(denoiser, x, t) - x - s_term, s_term)
+        rows.append((float(t), float(np.sqrt(s2)), err, rtol, err <= rtol))
+    return CheckReport(f"Tweedie: alpha D = x + sigma^2 s under {proc!r}", "rel. RMS gap", tuple(rows)).check()
+
+
+def assert_estimator_unbiased(identity: Identity, dist, proc: Process, *, level: float = 1e-3, ts=None,
+                              n_points: int = 4, n: int = 2000, seed: int = 0) -> CheckReport:
+    """Statistical: the identity's Monte Carlo estimate has mean equal to the exact score.
+
+    At each t and each of ``n_points`` x_t ~ p_t, Hotelling's T^2 test of the mean of n integrand
+    draws (covariance estimated from the draws; exact F law for Gaussian draws, asymptotically
+    valid otherwise) against the exact score. The tests are
+    Bonferroni-combined, so a correct estimator fails with probability <= ``level`` (the stated
+    false-alarm rate; measured in tests/test_testing.py). The table shows the smallest p-value
+    per t against its per-test threshold.
+    """
+    rng = np.random.default_rng(seed)
+    times = default_times(proc) if ts is None else np.asarray(ts)
+    per_test = level / (len(times) * n_points)
+    truth = exact_score(dist, proc)
+    rows = []
+    for t in times:
+        x = _noised_points(dist, proc, t, n_points, rng)
+        draws = integrand_samples(identity, dist, proc, t, x, n=n, rng=rng)
+        s = truth(x, t)
+        pmin = 1.0
+        for i in range(n_points):
+            d = draws[:, i]
+            diff = d.mean(0) - s[i]
+            cov = np.atleast_2d(np.cov(d.T)) / n
+            lam, Q = np.linalg.eigh(cov)
+            keep = lam > 1e-12 * max(lam.max(), 1e-300)
+            t2 = float((((Q.T @ diff)[keep]) ** 2 / lam[keep]).sum())
+            exact_zero = np.all(np.abs(Q.T @ diff)[~keep] <= 1e-9 * (np.abs(s[i]).max() + 1.0))
+            k = max(int(keep.sum()), 1)
+            # T^2 (n - k) / (k (n - 1)) ~ F(k, n - k)
+            p = float(stats.f.sf(t2 * (n - k) / (k * (n - 1)), k, n - k)) if exact_zero else 0.0
+            pmin = min(pmin, p)
+        rows.append((float(t), float(proc.sigma(t)), pmin, per_test, pmin >= per_test))
+    return CheckReport(f"{identity.name} estimator unbiased for {dist!r} under {proc!r} (false-alarm rate "
+                       f"{level:g})", "min p-value", tuple(rows)).check()
+
+
+def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=None, n: int = 64, seed: int = 0,
+                          **fpe_options) -> CheckReport:
+    """The model solves the score Fokker-Planck equation: RMS |eps[s]| / RMS |d/dt s| <= rtol at
+    every t (SEEDS_SPEC §4.2; residual by finite differences unless derivatives are supplied in
+    ``fpe_options``, see :func:`scoremc.fpe_residual`), on x_t ~ p_t of ``dist``."""
+    from ..fpe import fpe_residual, time_derivative
+
+    fn = _numpy_callable(model)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in default_times(proc) if ts is None else ts:
+        x = _noised_points(dist, proc, t, n, rng)
+        res = fpe_residual(fn, proc, x, t, **fpe_options)
+        dt = time_derivative(fn, proc, x, t)
+        err = _rel_rms(res, dt)
+        rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
+    return CheckReport(f"score-FPE residual relative to d/dt s under {proc!r}", "rel. RMS residual",
+                       tuple(rows)).check()
+
+
+def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=None, n: int = 64, seed: int = 0,
+                        **options) -> CheckReport:
+    """The model is a gradient field: |J - J^T|_F / |J|_F <= rtol (RMS over x_t ~ p_t), J the
+    Jacobian in x (FP-Diffusion §6.2's curl, for any d)."""
+    from ..conservativity import jacobian
+
+    fn = _numpy_callable(model)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in default_times(proc) if ts is None else ts:
+        x = _noised_points(dist, proc, t, n, rng)
+        J = jacobian(fn, x, t, proc=proc, **options)
+        anti = 0.5 * (J - np.swapaxes(J, -1, -2))
+        err = float(np.sqrt(np.mean(np.sum(anti**2, (-1, -2)))) / max(np.sqrt(np.mean(np.sum(J**2, (-1, -2)))),
+                                                                        1e-300))
+        rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
+    return CheckReport(f"conservativity (antisymmetric part of the Jacobian) under {proc!r}", "rel. |J - J^T|/2",
+                       tuple(rows)).check()
+
+
+def _numpy_callable(model):
+    return lambda x, t: call_model(model, np.asarray(x, dtype=np.float64), t)
