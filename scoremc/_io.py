@@ -15,8 +15,11 @@ def atomic_path(path, suffix: str = ".tmp"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give results the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -190,9 +190,12 @@ class ExactScore:
         t = np.broadcast_to(self.proc.check_t(t), x.shape[:-1])
         flat_x = np.ascontiguousarray(x.reshape(-1, d))
         times, group = np.unique(t.reshape(-1), return_inverse=True)
+        # rows sorted by time once, so each distinct time costs O(its rows), not O(N)
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(times) + 1))
         out = None
         for j, tj in enumerate(times):
-            rows = group == j
+            rows = order[bounds[j]:bounds[j + 1]]
             value = fn(noised_parts(self.dist, self.proc, float(tj)), flat_x[rows], float(tj))
             if out is None:
                 out = np.empty((len(flat_x),) + value.shape[1:])

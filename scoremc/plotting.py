@@ -7,7 +7,10 @@ import numpy as np
 
 from ._io import atomic_path
 
-__all__ = ["plot_variance", "save_figure", "summary_markdown"]
+__all__ = ["plot_variance", "save_figure", "summary_markdown", "ROUND_OFF_FLOOR"]
+
+#: variance plots start at this fraction of the panel's maximum; below it values are round-off
+ROUND_OFF_FLOOR = 1e-12
 
 
 def save_figure(fig, path) -> str:
@@ -53,6 +56,10 @@ def plot_variance(ds, path, var: str = "V", weighting: str | None = None, title:
                 ax.fill_between(ds["t"].values, np.clip(y - e, y * 1e-3, None), y + e, color=line.get_color(),
                                 alpha=0.15, linewidth=0)
         ax.set_yscale("log")
+        top = np.nanmax(data.sel(target=target).values)
+        if np.isfinite(top) and top > 0:
+            # zero-variance estimators come out at round-off (1e-30): keep them off the scale
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], ROUND_OFF_FLOOR * top))
         ax.set_xlabel("t")
         ax.set_title(str(target), fontsize=10)
         ax.grid(alpha=0.3, which="both")

@@ -70,6 +70,8 @@ def test_wrong_process_gives_a_nonzero_residual(rng):
     assert _rel_residual(smc.exact_score(dist, smc.VE()), smc.VP(), x, 0.3) > 1e-2
 
 
-def test_non_exact_scores_are_refused():
-    with pytest.raises(TypeError, match="exact_score"):
-        smc.fpe_residual(lambda x, t: -x, smc.VE(), np.zeros((1, 2)), 0.5)
+def test_non_callable_scores_are_refused():
+    # plain callables go through the finite-difference estimator (tests/test_fpe_generic.py)
+    with pytest.raises(TypeError, match="score_fn"):
+        smc.fpe_residual("score", smc.VE(), np.zeros((1, 2)), 0.5)
+    assert smc.fpe_residual(lambda x, t: -x, smc.VE(), np.zeros((1, 2)), 0.5).shape == (1, 2)

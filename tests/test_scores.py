@@ -1,6 +1,5 @@
 """Exact score, its Jacobian, divergence and time derivative against finite differences."""
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 

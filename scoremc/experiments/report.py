@@ -6,6 +6,8 @@ Runs, into one output folder (default ``./scoremc-report``):
 * ``stf-nref/`` STF Fig. 3(c,d): V_STF(t) for n_ref = 2, 4, 16, 64, 256;
 * ``tsm-variance/`` TSM Figs. 1-2: kappa, kappa-bar and the DSI / TSI / kappa / kappa-bar /
   optimal estimator variances on the four 1-D targets;
+* ``tsm-weightings/`` TSM Figs. 3-4: the loss weightings and the distributions of the four
+  losses x weightings x targets at the true score (:mod:`.tsm_weightings`);
 
 each as netCDF + PNG + Markdown, and ``index.md`` with the paper's qualitative claims checked
 against the numbers just computed.
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import stf_variance, tsm_variance
+import sys
+
+from . import stf_variance, tsm_variance, tsm_weightings
 from ._common import write_text
 
 __all__ = ["run_report", "claims", "KAPPA_BAR_FACTOR"]
@@ -63,6 +67,11 @@ def claims(dsm, nref, tsm) -> list[tuple[str, bool, str]]:
     return out
 
 
+def _tsm_weightings(out, *, mode, seed, scheduler, progress):
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    return tsm_weightings.run(out, quick=(mode == "quick"), seed=seed, progress=show)
+
+
 def run_report(out_dir="scoremc-report", *, mode: str = "report", seed: int = 0, scheduler=None,
                progress=None) -> Path:
     """Run the three reproductions and write ``out_dir/index.md``; returns the folder."""
@@ -71,7 +80,8 @@ def run_report(out_dir="scoremc-report", *, mode: str = "report", seed: int = 0,
     results = {}
     jobs = [("stf-dsm", stf_variance.dsm_variance_and_divergence),
             ("stf-nref", stf_variance.stf_variance_by_reference_size),
-            ("tsm-variance", tsm_variance.tsm_estimator_variance)]
+            ("tsm-variance", tsm_variance.tsm_estimator_variance),
+            ("tsm-weightings", _tsm_weightings)]
     for name, job in jobs:
         start = time.perf_counter()
         print(f"[scoremc report] {name} ...", flush=True)

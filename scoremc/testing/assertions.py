@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from ..identities import Identity, integrand_samples
-from ..noising import exact_score, posterior
+from ..noising import exact_score
 from ..processes import EDM, Process
 from ..targets import _parts_of, sample
 

@@ -1,0 +1,141 @@
+"""Network preconditioning (Karras et al. 2022; TSM App. D) and parameterisation conversions.
+
+A preconditioned model is ``out = c_skip x + c_out F(c_in x, c_noise)`` trained with the loss
+``weight * ||out - target||^2``. :class:`Precond` holds the five coefficients (pure arithmetic of
+sigma, alpha and sigma_data, as in EDM's ``get_scalings``) and says what ``out`` predicts:
+
+* :func:`edm_precond` — a denoiser, ``out`` ~ x0 (space ``"x0"``);
+* :func:`tsm_precond` — a score, ``out`` ~ alpha^-1 grad log p0(x0) (space ``"score"``).
+
+Both follow Karras' principles for a target N(0, sigma_data^2 I) and F = 0: (i) the network input
+c_in x_t has unit variance, (ii) the effective regression target (target - c_skip x_t) / c_out has
+unit variance, (iii) weight * c_out^2 = 1, (iv) c_skip minimises |c_out|.
+
+Conversions between the score s, the denoiser D (x0-prediction) and eps-prediction follow from
+Tweedie, alpha E[x0 | x_t] = x_t + sigma^2 grad log p_t(x_t), and x_t = alpha x0 + sigma eps:
+
+    D = (x_t + sigma^2 s) / alpha,   eps_hat = -sigma s = (x_t - alpha D) / sigma.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import as_float_array
+
+__all__ = ["Precond", "edm_precond", "tsm_precond", "denoiser_from_score", "score_from_denoiser",
+           "eps_from_score", "score_from_eps", "eps_from_denoiser", "denoiser_from_eps"]
+
+
+@dataclass(frozen=True, eq=False)
+class Precond:
+    """Preconditioning coefficients, each float64 shaped like the broadcast of the inputs.
+
+    ``space`` is what ``c_skip x + c_out F`` predicts: ``"x0"`` (denoiser) or ``"score"``;
+    ``weight`` is the loss weight in that space.
+    """
+
+    c_skip: np.ndarray
+    c_out: np.ndarray
+    c_in: np.ndarray
+    c_noise: np.ndarray
+    weight: np.ndarray
+    space: str
+
+    def output(self, F, x):
+        """c_skip x + c_out F for network output ``F`` and input ``x``, both (..., d)."""
+        return self.c_skip[..., None] * x + self.c_out[..., None] * F
+
+    def network_input(self, x):
+        """c_in x, shape (..., d)."""
+        return self.c_in[..., None] * x
+
+    def effective_target(self, target, x):
+        """(target - c_skip x) / c_out: what F itself regresses onto, shape (..., d)."""
+        return (target - self.c_skip[..., None] * x) / self.c_out[..., None]
+
+
+def _check_pos(value, name):
+    arr = as_float_array(value, name)
+    if (arr <= 0).any():
+        raise ValueError(f"{name} must be positive, got {arr[arr <= 0].flat[0]}")
+    return arr
+
+
+def edm_precond(sigma, sigma_data: float = 0.5, *, alpha=1.0) -> Precond:
+    """EDM denoiser preconditioning (Karras et al. 2022, Table 1 / App. B.6, Eqs. 117, 131, 138, 144):
+
+        c_skip = sigma_d^2 / (sigma^2 + sigma_d^2),   c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2),
+        c_in = 1 / sqrt(sigma^2 + sigma_d^2),         c_noise = ln(sigma) / 4,
+        weight = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2.
+
+    For a kernel x_t = alpha x0 + sigma eps (``alpha`` != 1; the same principles with
+    S = sigma^2 + alpha^2 sigma_d^2): c_skip = alpha sigma_d^2 / S, c_out = sigma sigma_d / sqrt(S),
+    c_in = 1 / sqrt(S), weight = S / (sigma sigma_d)^2, and c_noise = ln(sigma / alpha) / 4 (EDM's
+    conditioning on the effective noise level sigma / alpha; a convention, not derived).
+    ``sigma`` and ``alpha`` broadcast; all positive.
+    """
+    sigma = _check_pos(sigma, "sigma")
+    alpha = _check_pos(alpha, "alpha")
+    sd = float(_check_pos(sigma_data, "sigma_data"))
+    S = sigma * sigma + alpha * alpha * sd * sd
+    sigma, alpha, S = np.broadcast_arrays(sigma, alpha, S)
+    return Precond(c_skip=alpha * sd * sd / S, c_out=sigma * sd / np.sqrt(S), c_in=1.0 / np.sqrt(S),
+                   c_noise=0.25 * np.log(sigma / alpha), weight=S / (sigma * sd) ** 2, space="x0")
+
+
+def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
+    """TSM preconditioning of TSM App. D, with the erratum FLAG-T2, in score space:
+
+        s_theta(y) = c_out F(c_in y) + c_skip y,   loss weight * ||s_theta(Y) - alpha^-1 grad log p0(X)||^2,
+        weight = alpha^2 sigma_d^2 S / sigma^2,   c_out = -sigma / (alpha sigma_d sqrt(S)),
+        c_skip = -1 / S,   c_in = 1 / sqrt(S),   S = sigma^2 + alpha^2 sigma_d^2,
+
+    i.e. s_theta(y) = -(1/alpha) [sigma F / (sigma_d sqrt(S)) + alpha y / S]; the paper prints
+    alpha^2 y / S, which does not give c_skip y = -y / S (FLAG-T2). Related to the alpha-EDM
+    constants of the scaled data alpha X by TSM Eq. 27: weight' = weight / (alpha sigma_d)^4,
+    c_out' = -(alpha sigma_d)^2 c_out, c_skip' = -(alpha sigma_d)^2 c_skip.
+    c_noise = ln(sigma / alpha) / 4 (as :func:`edm_precond`; TSM conditions F on sigma).
+    """
+    sigma = _check_pos(sigma, "sigma")
+    alpha = _check_pos(alpha, "alpha")
+    sd = float(_check_pos(sigma_data, "sigma_data"))
+    S = sigma * sigma + alpha * alpha * sd * sd
+    sigma, alpha, S = np.broadcast_arrays(sigma, alpha, S)
+    return Precond(c_skip=-1.0 / S, c_out=-sigma / (alpha * sd * np.sqrt(S)), c_in=1.0 / np.sqrt(S),
+                   c_noise=0.25 * np.log(sigma / alpha), weight=(alpha * sd) ** 2 * S / sigma**2, space="score")
+
+
+def _coef(v):
+    return np.asarray(v, dtype=np.float64)[..., None]
+
+
+def denoiser_from_score(s, x, alpha, sigma):
+    """D = (x + sigma^2 s) / alpha (Tweedie; TSM §1.2). ``s``, ``x`` (..., d); alpha, sigma (...)."""
+    return (x + _coef(sigma) ** 2 * s) / _coef(alpha)
+
+
+def score_from_denoiser(D, x, alpha, sigma):
+    """s = (alpha D - x) / sigma^2 (inverse of :func:`denoiser_from_score`)."""
+    return (_coef(alpha) * D - x) / _coef(sigma) ** 2
+
+
+def eps_from_score(s, sigma):
+    """eps_hat = -sigma s (since grad log p(x_t | x0) = -eps / sigma)."""
+    return -_coef(sigma) * s
+
+
+def score_from_eps(eps_hat, sigma):
+    """s = -eps_hat / sigma."""
+    return -eps_hat / _coef(sigma)
+
+
+def eps_from_denoiser(D, x, alpha, sigma):
+    """eps_hat = (x - alpha D) / sigma."""
+    return (x - _coef(alpha) * D) / _coef(sigma)
+
+
+def denoiser_from_eps(eps_hat, x, alpha, sigma):
+    """D = (x - sigma eps_hat) / alpha."""
+    return (x - _coef(sigma) * eps_hat) / _coef(alpha)
