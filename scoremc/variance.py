@@ -40,8 +40,11 @@ def log_f_stf(log_y: np.ndarray) -> np.ndarray:
     big = ly >= np.log(1.5)
     # y < 1.5: |1/y - 1| = |expm1(-log y)|, and log expm1(z) = z + log1p(-e^-z) for z > 0
     z = -ly[~big]
-    with np.errstate(divide="ignore"):
-        small_abs = np.where(z > 0, z + np.log1p(-np.exp(-np.abs(z))), np.log(np.abs(np.expm1(z))))
+    small_abs = np.empty_like(z)
+    pos = z > 0
+    with np.errstate(divide="ignore"):  # y = 1 exactly gives f = 0, log f = -inf
+        small_abs[pos] = z[pos] + np.log1p(-np.exp(-z[pos]))
+        small_abs[~pos] = np.log(-np.expm1(z[~pos]))
     out[~big] = 2.0 * small_abs
     out[big] = ly[big] + np.log(8.0 / 27.0 - np.exp(-ly[big]) / 3.0)
     return out
