@@ -72,8 +72,8 @@ FLOPS_DOC = {
     "gmm_score": "2*N*K*d^2 (one GEMM (x - m_k) P_k per component) [+ 6*N*K*d elementwise: x - m_k, "
                  "row dot, running rescale and axpy of the accumulator]",
     "gmm_logpdf": "2*N*K*d^2 (GEMM) [+ 3*N*K*d elementwise: x - m_k, row dot]",
-    "emp_score": "4*N*K*d (two GEMMs: x @ (means*prec)^T and r @ (means*prec)) [+ O(N*K) grid work]",
-    "emp_logpdf": "2*N*K*d (one GEMM x @ (means*prec)^T) [+ O(N*K) grid work]",
+    "emp_score": "4*N*K*d (two GEMMs: x @ means^T and (r_k p_k) @ means) [+ O(N*K) grid work]",
+    "emp_logpdf": "2*N*K*d (one GEMM x @ means^T) [+ O(N*K) grid work]",
 }
 
 
@@ -198,23 +198,32 @@ def dgemm_reference(n: int, repeats: int = 3) -> dict:
     return {"n": n, "median_s": st["median_s"], "gflops": 2.0 * n ** 3 / st["median_s"] / 1e9}
 
 
-def numba_cold_compile_s() -> float | None:
-    """First-call time of the axis-path kernel in a fresh interpreter with an empty Numba cache,
-    minus its second call: JIT compilation time of ``scoremc._kernels.responsibilities``."""
+#: Numba kernels of the fast path whose cache statistics are reported
+KERNELS = ("axis_weights", "full_step", "full_logits")
+
+
+def numba_cold_compile_s() -> dict | None:
+    """First-call time minus second-call time, in a fresh interpreter with an empty Numba cache,
+    of a tiny ``smc.score`` on each path: JIT compilation of ``scoremc._kernels.axis_weights``
+    (isotropic mixture) and of ``scoremc._kernels.full_step`` (full covariances)."""
     code = textwrap.dedent("""
-        import time, numpy as np, scoremc as smc
+        import json, time, numpy as np, scoremc as smc
         emp = smc.Empirical(np.random.default_rng(0).standard_normal((8, 3)))
-        g = smc.marginal(emp, smc.VE(), 0.5); x = np.zeros((4, 3))
-        t = time.perf_counter(); smc.score(g, x); a = time.perf_counter() - t
-        t = time.perf_counter(); smc.score(g, x); b = time.perf_counter() - t
-        print(a - b)
+        g = smc.marginal(emp, smc.VE(), 0.5)
+        gm = smc.GaussianMixture([0.5, 0.5], np.zeros((2, 3)), np.stack([np.eye(3), 2 * np.eye(3)]))
+        x = np.zeros((4, 3)); out = {}
+        for name, d in (("axis_weights", g), ("full_step", gm)):
+            t = time.perf_counter(); smc.score(d, x); a = time.perf_counter() - t
+            t = time.perf_counter(); smc.score(d, x); b = time.perf_counter() - t
+            out[name] = a - b
+        print(json.dumps(out))
     """)
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         try:
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                  timeout=600, check=True)
-            return float(out.stdout.strip().splitlines()[-1])
+            return json.loads(out.stdout.strip().splitlines()[-1])
         except (subprocess.SubprocessError, ValueError, IndexError):
             return None
 
@@ -454,12 +463,13 @@ def main(argv=None) -> dict:
     results["cases"] += run_empirical("empirical-d3072", sizes["emp3072"], repeats, log)
     results["cases"] += run_gmm(sizes["gmm"], repeats, log)
     from scoremc import _kernels
-    stats = _kernels.responsibilities.stats
+    stats = {name: getattr(_kernels, name).stats for name in KERNELS}
+    hits = sum(sum(st.cache_hits.values()) for st in stats.values())
     results["numba"] = {
-        "kernel": "scoremc._kernels.responsibilities",
-        "cache_hits": {str(k): v for k, v in stats.cache_hits.items()},
-        "cache_misses": {str(k): v for k, v in stats.cache_misses.items()},
-        "first_call_includes": "cache load" if sum(stats.cache_hits.values()) else "JIT compilation",
+        "kernels": [f"scoremc._kernels.{name}" for name in KERNELS],
+        "cache_hits": {name: {str(k): v for k, v in st.cache_hits.items()} for name, st in stats.items()},
+        "cache_misses": {name: {str(k): v for k, v in st.cache_misses.items()} for name, st in stats.items()},
+        "first_call_includes": "cache load" if hits else "JIT compilation",
         "cold_compile_s": numba_cold_compile_s() if probe else None,
     }
     results["dgemm_reference"] = dgemm_reference(512 if args.quick else 2048)
@@ -476,7 +486,7 @@ def main(argv=None) -> dict:
     print(f"reference square DGEMM n={results['dgemm_reference']['n']}: "
           f"{results['dgemm_reference']['gflops']:.1f} GFLOP/s; Numba kernel first call: "
           f"{results['numba']['first_call_includes']}, cold compile "
-          f"{'not measured' if cold is None else f'{cold:.2f} s'}; "
+          f"{'not measured' if cold is None else ', '.join(f'{k} {v:.2f} s' for k, v in cold.items())}; "
           f"loadavg start {results['loadavg_start']}, end {results['loadavg_end']}")
     bad = [f"{c['case']} {c['op']}: {c['max_rel_err']:.3g}" for c in results["cases"] if not c["max_rel_err"] < TOL]
     assert not bad, f"scoremc and the baseline disagree (max rel err >= {TOL}): {bad}"

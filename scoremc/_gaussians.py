@@ -6,9 +6,15 @@ the basis: ``alpha^2 Sigma_k + sigma^2 I = Q_k diag(alpha^2 lam_k + sigma^2) Q_k
 time-dependent quantity (precisions, posterior covariances, d/dt of the marginal covariance) is
 elementwise in the component's own basis. This is why one code path serves all three covariance
 types, the exact posterior and the exact time derivatives.
+
+The row-block helpers at the end (:func:`by_row_chunks`, :func:`map_row_blocks`) bound the
+memory of both evaluation paths and run the fast path's blocks on a thread pool.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,3 +109,99 @@ def by_row_chunks(row_width, budget: int = 1 << 22):
         return run
 
     return wrap
+
+
+_blas = None
+
+
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, built once (building it costs ~3 ms;
+    a limit through it ~0.07 ms). None without threadpoolctl: then blocks run serially."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a declared dependency, but optional here
+            _blas = False
+        else:
+            _blas = ThreadpoolController().select(user_api="blas")
+    return _blas or None
+
+
+def _blas_threads(blas) -> int:
+    return max((lib.num_threads for lib in blas.lib_controllers), default=1) if blas else 1
+
+
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limiter = None
+
+
+@contextmanager
+def _single_threaded_blas(blas):
+    """Scoped BLAS limit of 1 thread, shared by overlapping calls from several user threads: the
+    first one in sets it and the last one out restores the original count (nested
+    ``blas.limit`` contexts that exit out of order would leave BLAS at 1 thread)."""
+    global _limit_users, _limiter
+    with _limit_lock:
+        if _limit_users == 0:
+            _limiter = blas.limit(limits=1)
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+#: below this many flops in all (~1 ms on one core) a call runs serially: starting the pool and
+#: limiting BLAS costs ~0.2 ms
+POOL_MIN_FLOPS = 3e7
+
+
+def map_row_blocks(n: int, rows: int, work, *, min_rows: int = 1, row_flops: float = 0.0) -> None:
+    """Call ``work(start, stop, scratch)`` on consecutive row blocks covering ``range(n)``.
+
+    ``rows`` is the block size wanted; ``scratch`` is a dict private to the calling worker (for
+    reusable buffers). With W > 1 BLAS threads configured (by default one per core) and at least
+    POOL_MIN_FLOPS of work (``row_flops`` per row), the blocks run on up to W Python threads, as
+    many as get a block of at least ``min_rows`` rows, each calling single-threaded BLAS (scoped:
+    the thread count is restored on return). ``work`` must release the GIL for most of its time
+    (BLAS calls and ``nogil`` kernels do).
+
+    Why: on 2 shared cores, alternating multi-threaded BLAS with the other (serial or Numba
+    OpenMP) stages of a block was 1.3-7.7x slower than this: BLAS threads spin-wait on each other
+    whenever another process holds a core, and Numba's and OpenBLAS's thread pools fight over
+    the cores at every hand-over (benchmarks/README.md). The pool has no hand-overs, also spreads
+    the elementwise and kernel work, and scales with cores like BLAS itself. A user limit on BLAS
+    threads (OPENBLAS_NUM_THREADS, threadpoolctl) is honoured as W. The limit is process-wide:
+    other threads calling BLAS meanwhile also run single-threaded.
+    """
+    blas = _blas_controller()
+    workers = min(_blas_threads(blas), n // max(1, min_rows))
+    if workers <= 1 or n * row_flops < POOL_MIN_FLOPS:
+        scratch: dict = {}
+        for start in range(0, n, rows):
+            work(start, min(n, start + rows), scratch)
+        return
+    n_blocks = -(-n // rows)
+    n_blocks = -(-n_blocks // workers) * workers  # a multiple of W, so that the shares are equal
+    rows = -(-n // n_blocks)
+    starts = iter(range(0, n, rows))
+    lock = threading.Lock()
+
+    def worker():
+        scratch: dict = {}
+        while True:
+            with lock:
+                start = next(starts, None)
+            if start is None:
+                return
+            work(start, min(n, start + rows), scratch)
+
+    with _single_threaded_blas(blas), ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(worker) for _ in range(workers)]:
+            f.result()
