@@ -13,9 +13,8 @@ from . import __version__
 from ._io import write_text
 from .builtin import TARGETS
 from .fpe import fpe_residual
-from .noising import exact_score, posterior
+from .noising import exact_score, noised_sample, posterior
 from .processes import EDM, VE, VP, Cosine, SubVP
-from .targets import sample
 
 PROCESS_NAMES = {"ve": VE, "vp": VP, "subvp": SubVP, "cosine": Cosine, "edm": EDM}
 
@@ -41,7 +40,7 @@ def info_rows(target: str, process: str, n_points: int, n_times: int, seed: int)
     rows = []
     for t in _times(proc, n_times):
         a, s = float(proc.alpha(t)), float(proc.sigma(t))
-        xt = a * sample(dist, n_points, rng) + s * rng.standard_normal((n_points, dist.dim))
+        _, xt = noised_sample(dist, proc, t, n_points, rng)
         score = es(xt, t)
         post = posterior(dist, proc, t, xt)
         w = post.weights

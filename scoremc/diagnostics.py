@@ -19,16 +19,10 @@ from ._validation import as_count, as_float_array, as_generator
 from .conservativity import antisymmetric_norm, curl
 from .fpe import fpe_residual
 from .identities import DSI
-from .noising import _check_process, _scalar_time
-from .targets import _parts_of, sample
+from .noising import _check_process, _scalar_time, noised_sample
+from .targets import _parts_of
 
 __all__ = ["r_fp", "r_dsm_like", "fpe_diagnostics"]
-
-
-def _noised(dist, proc, t, n, rng):
-    x0 = sample(dist, n, rng)
-    xt = float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * rng.standard_normal(x0.shape)
-    return x0, xt
 
 
 def r_fp(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator, **fpe_options) -> float:
@@ -37,7 +31,7 @@ def r_fp(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator, **fpe_opt
     proc = _check_process(proc)
     t = _scalar_time(proc, t)
     rng = as_generator(rng)
-    _, xt = _noised(dist, proc, t, as_count(n, "n"), rng)
+    _, xt = noised_sample(dist, proc, t, as_count(n, "n"), rng)
     res = fpe_residual(score_fn, proc, xt, t, **fpe_options)
     return float(np.linalg.norm(res, axis=-1).mean() / _parts_of(dist).dim)
 
@@ -47,7 +41,7 @@ def r_dsm_like(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator) -> 
     proc = _check_process(proc)
     t = _scalar_time(proc, t)
     rng = as_generator(rng)
-    x0, xt = _noised(dist, proc, t, as_count(n, "n"), rng)
+    x0, xt = noised_sample(dist, proc, t, as_count(n, "n"), rng)
     s = _fd.call(score_fn, xt, np.full(len(xt), t))
     diff = s - DSI.integrand(dist, proc, t, x0, xt)
     return float(np.linalg.norm(diff, axis=-1).mean() / _parts_of(dist).dim)
@@ -73,7 +67,7 @@ def fpe_diagnostics(score_fn, dist, proc, ts, *, n: int, rng: np.random.Generato
     for t in ts:
         out["r_fp"].append(r_fp(score_fn, dist, proc, t, n=n, rng=rng, **options))
         out["r_dsm_like"].append(r_dsm_like(score_fn, dist, proc, t, n=n, rng=rng))
-        _, xt = _noised(dist, proc, float(t), n, rng)
+        _, xt = noised_sample(dist, proc, float(t), n, rng)
         out["antisym_norm"].append(float(antisymmetric_norm(score_fn, xt, t, proc=proc, **jac_opts).mean()))
         if d == 2:
             out["curl_ms"].append(float((curl(score_fn, xt, t, proc=proc, **jac_opts) ** 2).mean()))

@@ -20,9 +20,9 @@ from . import _dense, _fast
 from ._gaussians import Gaussians
 from ._validation import as_count, as_generator, as_points
 from .processes import Process
-from .targets import Empirical, GaussianMixture, _parts_of, check_method, evaluate
+from .targets import Empirical, GaussianMixture, _parts_of, check_method, evaluate, sample
 
-__all__ = ["marginal", "posterior", "Posterior", "exact_score", "ExactScore"]
+__all__ = ["marginal", "posterior", "Posterior", "exact_score", "ExactScore", "noised_sample"]
 
 
 def _check_process(proc) -> Process:
@@ -41,6 +41,15 @@ def _scalar_time(proc: Process, t) -> float:
 def noised_parts(dist, proc: Process, t: float) -> Gaussians:
     """Normal form of the law of x_t (t already validated)."""
     return _parts_of(dist).noised(float(proc.alpha(t)), float(proc.sigma(t)), f" at t={t!r} for {proc!r}")
+
+
+def noised_sample(dist, proc: Process, t: float, n: int, rng: np.random.Generator):
+    """n joint draws (x0, x_t): x0 ~ p0 and x_t = alpha(t) x0 + sigma(t) eps, each (n, d).
+
+    ``t`` is a scalar already in the domain; the draws consume ``rng`` as x0 first, then eps.
+    """
+    x0 = sample(dist, n, rng)
+    return x0, float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * rng.standard_normal(x0.shape)
 
 
 def marginal(dist, proc: Process, t) -> GaussianMixture:
@@ -184,6 +193,10 @@ class ExactScore:
         _check_process(self.proc)
         check_method(self.method)
 
+    @property
+    def dim(self) -> int:
+        return _parts_of(self.dist).dim
+
     def _by_time(self, x, t, fn, tail):
         d = _parts_of(self.dist).dim
         x = as_points(x, d)
@@ -204,7 +217,7 @@ class ExactScore:
 
     def __call__(self, x, t):
         return self._by_time(x, t, lambda G, xs, _: evaluate(G, xs, "score", self.method, (G.dim,)),
-                             (x_dim(self),))
+                             (self.dim,))
 
     def logpdf(self, x, t):
         """log p_t(x), shape (...)."""
@@ -212,7 +225,7 @@ class ExactScore:
 
     def hessian(self, x, t):
         """Jacobian of the score (Hessian of log p_t), shape (..., d, d)."""
-        d = x_dim(self)
+        d = self.dim
         return self._by_time(x, t, lambda G, xs, _: _dense.hessian(G, xs), (d, d))
 
     def divergence(self, x, t):
@@ -221,7 +234,7 @@ class ExactScore:
 
     def grad_divergence(self, x, t):
         """grad_x div_x s(x, t), shape (..., d)."""
-        return self._by_time(x, t, lambda G, xs, _: _dense.grad_divergence(G, xs)[1], (x_dim(self),))
+        return self._by_time(x, t, lambda G, xs, _: _dense.grad_divergence(G, xs)[1], (self.dim,))
 
     def dt(self, x, t):
         """Exact partial derivative d/dt s(x, t) at fixed x, shape (..., d).
@@ -235,11 +248,7 @@ class ExactScore:
             s, ds = float(self.proc.sigma(tj)), float(self.proc.dsigma(tj))
             return _dense.dt_score(G, xs, da * prior.means, 2 * a * da * prior.var + 2 * s * ds)
 
-        return self._by_time(x, t, fn, (x_dim(self),))
-
-
-def x_dim(score: ExactScore) -> int:
-    return _parts_of(score.dist).dim
+        return self._by_time(x, t, fn, (self.dim,))
 
 
 def exact_score(dist, proc: Process, *, method: str = "fast") -> ExactScore:

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import _dense, _fast
 from .identities import DSI, STF, TSI, Identity, Mix, integrand_samples
-from .noising import noised_parts, posterior
-from .targets import GaussianMixture, _parts_of, sample
+from .noising import noised_parts, noised_sample, posterior
+from .targets import GaussianMixture, _parts_of
 
 __all__ = ["time_slice", "f_stf", "log_f_stf", "exact_available"]
 
@@ -116,8 +116,7 @@ def time_slice(identities, dist, proc, t: float, *, n_outer: int, n_inner: int, 
     """
     a, s = float(proc.alpha(t)), float(proc.sigma(t))
     G0 = _parts_of(dist)
-    x0 = sample(dist, n_outer, rng)
-    xt = a * x0 + s * rng.standard_normal(x0.shape)
+    _, xt = noised_sample(dist, proc, t, n_outer, rng)
     G = noised_parts(dist, proc, t)
     score = _fast.score(G, xt)
     out = {"estimators": {}}

@@ -15,9 +15,8 @@ import numpy as np
 from scipy import stats
 
 from ..identities import Identity, integrand_samples
-from ..noising import exact_score
+from ..noising import exact_score, noised_sample
 from ..processes import EDM, Process
-from ..targets import _parts_of, sample
 
 __all__ = ["assert_score_close", "assert_tweedie", "assert_estimator_unbiased", "assert_fpe_consistent",
            "assert_conservative", "default_times", "call_model", "torch_score", "CheckReport"]
@@ -92,8 +91,7 @@ class CheckReport:
 
 
 def _noised_points(dist, proc, t, n, rng):
-    a, s = float(proc.alpha(t)), float(proc.sigma(t))
-    return a * sample(dist, n, rng) + s * rng.standard_normal((n, _parts_of(dist).dim))
+    return noised_sample(dist, proc, float(t), n, rng)[1]
 
 
 def _rel_rms(err, ref):
