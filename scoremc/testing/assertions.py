@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from .. import _fd
 from ..identities import Identity, integrand_samples
 from ..noising import exact_score, noised_sample
 from ..processes import EDM, Process
@@ -47,23 +48,29 @@ class torch_score:
             return self.fn(xt, tt).detach().cpu().double().numpy()
 
 
-def call_model(model, x: np.ndarray, t) -> np.ndarray:
-    """Evaluate ``model(x, t)`` with per-row times, returning float64 NumPy of shape x.shape."""
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), x.shape[:-1]).copy()
+def numpy_score(model):
+    """``model`` as a NumPy callable (x (N, d), t (N,)) -> float64 array: a ``torch.nn.Module`` is
+    called with tensors of its parameters' dtype and device (float64 when it has none), and
+    torch outputs of plain callables are converted."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         p = next(model.parameters(), None)
-        # dtype and device follow the module's parameters; a parameterless module gets float64
         kind = str(p.dtype).removeprefix("torch.") if p is not None else "float64"
-        out = torch_score(model, kind, str(p.device) if p is not None else "cpu")(x, t)
-    else:
+        return torch_score(model, kind, str(p.device) if p is not None else "cpu")
+
+    def fn(x, t):
         out = model(x, t)
         if torch is not None and isinstance(out, torch.Tensor):
             out = out.detach().cpu().double().numpy()
-    out = np.asarray(out, dtype=np.float64)
-    if out.shape != x.shape:
-        raise ValueError(f"model(x, t) must return shape {x.shape} like x, got {out.shape}")
-    return out
+        return out
+
+    return fn
+
+
+def call_model(model, x: np.ndarray, t) -> np.ndarray:
+    """Evaluate ``model(x, t)`` with per-row times (the shape contract of :func:`scoremc._fd.call`),
+    returning float64 NumPy of shape x.shape."""
+    return _fd.call(numpy_score(model), x, t, name="model")
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,7 @@ def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=
     ``fpe_options``, see :func:`scoremc.fpe_residual`), on x_t ~ p_t of ``dist``."""
     from ..fpe import fpe_residual, time_derivative
 
-    fn = _numpy_callable(model)
+    fn = numpy_score(model)
     rng = np.random.default_rng(seed)
     rows = []
     for t in default_times(proc) if ts is None else ts:
@@ -191,7 +198,7 @@ def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=No
     Jacobian in x (FP-Diffusion §6.2's curl, for any d)."""
     from ..conservativity import jacobian
 
-    fn = _numpy_callable(model)
+    fn = numpy_score(model)
     rng = np.random.default_rng(seed)
     rows = []
     for t in default_times(proc) if ts is None else ts:
@@ -203,7 +210,3 @@ def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=No
         rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
     return CheckReport(f"conservativity (antisymmetric part of the Jacobian) under {proc!r}", "rel. |J - J^T|/2",
                        tuple(rows)).check()
-
-
-def _numpy_callable(model):
-    return lambda x, t: call_model(model, np.asarray(x, dtype=np.float64), t)
