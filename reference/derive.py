@@ -4,7 +4,7 @@ scoremc evaluates every process and every exact score from closed forms. This sc
 them from first principles, independently of the package (it never imports scoremc), and exits
 non-zero if any identity fails:
 
-1. Processes (SEEDS_SPEC §0). For VE, VP, SubVP, Cosine and EDM the SDE dx = f x dt + g dw has
+1. Processes (Song et al. 2021; the kernels of the seed papers). For VE, VP, SubVP, Cosine and EDM the SDE dx = f x dt + g dw has
    the kernel N(alpha x0, sigma^2 I) exactly when f = d log(alpha)/dt and
    g^2 = d(sigma^2)/dt - 2 f sigma^2. From alpha(t), sigma(t) alone we derive f, g^2, d alpha/dt,
    d sigma/dt and check that they simplify to the closed forms hard-coded in
@@ -16,7 +16,7 @@ non-zero if any identity fails:
 3. The marginal score s = (alpha mu - x)/(alpha^2 lam + sigma^2), its exact d/dt at fixed x
    (the formula of ``_dense.dt_score``), and Tweedie's identities
    alpha E[x0|x] = x + sigma^2 s and alpha^2 Var[x0|x] = sigma^2 (1 + sigma^2 ds/dx).
-4. The score Fokker-Planck equation (FP-Diffusion Eq. 8, SEEDS_SPEC §4.2) in d = 1:
+4. The score Fokker-Planck equation (FP-Diffusion Eq. 8) in d = 1:
    ds/dt = d/dx L[s], L[s] = 1/2 g^2 (ds/dx + s^2) - f x s - f, first for generic alpha(t),
    sigma(t), then for each concrete process with its closed-form f and g^2. Since the density
    FPE is linear, one Gaussian component implies every mixture; a two-component mixture is
@@ -56,7 +56,7 @@ def gauss_logpdf(y, mean, var):
     return -sp.Rational(1, 2) * sp.log(2 * sp.pi * var) - (y - mean) ** 2 / (2 * var)
 
 
-# --- 1. processes: alpha, sigma from SEEDS_SPEC §0; the rest is derived ------------------------
+# --- 1. processes: alpha, sigma as defined by each process; the rest is derived ------------------------
 beta = bmin + t * (bmax - bmin)
 alpha_vp = sp.exp(-t ** 2 * (bmax - bmin) / 4 - t * bmin / 2)
 PROCESSES = {

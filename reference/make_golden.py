@@ -35,7 +35,7 @@ DIGITS = 28          # significant digits written (values are accurate to ~35)
 CHECK_TOL = mp.mpf("1e-28")
 OUT = Path(__file__).resolve().parent / "golden"
 
-# -- processes (SEEDS_SPEC §0); constants are re-parsed at the current precision, so mp.diff's
+# -- processes (Song et al. 2021; Karras et al. 2022); constants are re-parsed at the current precision, so mp.diff's
 #    raised working precision sees them exactly as decimal numbers ---------------------------
 PROCESS_PARAMS = {
     "VE": {"sigma_min": "0.01", "sigma_max": "50"},

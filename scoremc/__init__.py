@@ -1,35 +1,59 @@
 """scoremc: score estimation in diffusion models with an exact reference.
 
-The reference layer (NumPy + Numba, float64) gives exact marginals, posteriors and scores of
-Gaussian mixtures and finite data sets under linear-Gaussian noising. ``scoremc.nn`` (torch) is
-the only module that imports torch.
+Every public type and verb is importable from here (``smc.DSI()``, ``smc.variance(...)``); the
+submodules are where the code lives. One formula, two array libraries: the formulas run on NumPy
+(float64, with a private Numba fast path) and on torch tensors (dtype and device of the input,
+differentiable). ``scoremc.nn`` is the only module that imports torch; ``import scoremc`` does not.
 """
-from .conservativity import antisymmetric_norm, curl
-from .diagnostics import fpe_diagnostics, r_dsm_like, r_fp
-from .fpe import fpe_operator, fpe_residual
-from .noising import ExactScore, Posterior, exact_score, marginal, posterior
-from .objectives import DSM, TSM, FPRegularized, MixSM, Objective, STFLoss, loss
-from .stein import FDSSM, LCSS, SSM
+from . import builtin
+# forward processes and noise levels
+from .processes import EDM, PROCESSES, VE, VP, Coefficients, Cosine, Process, SubVP
+from .noise_levels import karras_sigmas, lognormal_sigmas, uniform_times
+# targets with exact laws, and their exact noising
+from .distributions import Empirical, GaussianMixture, divergence, hessian, logpdf, sample, score
+from .noising import ExactScore, Posterior, exact_score, marginal, noised_sample, posterior
+from .analytic import AnalyticScore
+# score identities, Monte Carlo estimates and their variance by noise level
+from .identities import (DSI, STF, TSI, Identity, Kappa, KappaBar, Mix, MixWeight, OptimalMix, PointwiseIdentity,
+                         estimate, integrand_samples, stf_target)
+from .variance import save_dataset, variance
+# derivative sources
+from .derivatives import Autograd, CentralDifference, DerivativeSource, Divergence, Exact, Hutchinson, Jacobian
+# weightings, preconditioning, training objectives
+from .weighting import (DSMOptimal, EDMWeighting, InverseSigmaSquared, Likelihood, SigmaSquared, TSMOptimal,
+                        Uniform, Weighting)
 from .precond import (Precond, denoiser_from_eps, denoiser_from_score, edm_precond, eps_from_denoiser,
                       eps_from_score, score_from_denoiser, score_from_eps, tsm_precond)
-from .processes import EDM, PROCESSES, VE, VP, Cosine, Process, SubVP, karras_sigmas
-from .targets import (Empirical, GaussianMixture, divergence, hessian, logpdf, sample, score,
-                      score_jacobian)
-from .weighting import (DSMOptimal, EDMWeighting, InverseSigmaSquared, Likelihood, SigmaSquared, TSMOptimal,
-                        Uniform, Weighting, lognormal_sigmas, uniform_times)
+from .objectives import DSM, TSM, MixSM, Objective, STFLoss, loss
+from .lcss import LCSS
+from .sliced import FDSSM, SSM
+from .fp_regularized import FPRegularized
+# the score Fokker-Planck equation and conservativity diagnostics
+from .fpe import fpe_operator, fpe_residual
+from .conservativity import antisymmetric_norm, curl
+from .diagnostics import fpe_diagnostics, r_dsm_like, r_fp
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
-    "Process", "VE", "VP", "SubVP", "Cosine", "EDM", "PROCESSES", "karras_sigmas",
-    "GaussianMixture", "Empirical", "logpdf", "score", "hessian", "score_jacobian", "divergence", "sample",
-    "marginal", "posterior", "Posterior", "exact_score", "ExactScore",
-    "fpe_operator", "fpe_residual",
-    # weightings, preconditioning, objectives, score-FPE diagnostics
+    "builtin",
+    # processes, noise levels
+    "Process", "Coefficients", "VE", "VP", "SubVP", "Cosine", "EDM", "PROCESSES",
+    "karras_sigmas", "lognormal_sigmas", "uniform_times",
+    # targets, noising
+    "GaussianMixture", "Empirical", "logpdf", "score", "hessian", "divergence", "sample",
+    "marginal", "posterior", "Posterior", "exact_score", "ExactScore", "noised_sample", "AnalyticScore",
+    # identities, estimates, variance
+    "Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "MixWeight", "Kappa", "KappaBar", "OptimalMix", "STF",
+    "stf_target", "integrand_samples", "estimate", "variance", "save_dataset",
+    # derivative sources
+    "DerivativeSource", "Exact", "Jacobian", "Divergence", "CentralDifference", "Hutchinson", "Autograd",
+    # weightings, preconditioning, objectives
     "Weighting", "Uniform", "SigmaSquared", "InverseSigmaSquared", "Likelihood", "EDMWeighting", "DSMOptimal",
-    "TSMOptimal", "lognormal_sigmas", "uniform_times",
+    "TSMOptimal",
     "Precond", "edm_precond", "tsm_precond", "denoiser_from_score", "score_from_denoiser", "eps_from_score",
     "score_from_eps", "eps_from_denoiser", "denoiser_from_eps",
     "Objective", "DSM", "TSM", "MixSM", "STFLoss", "LCSS", "SSM", "FDSSM", "FPRegularized", "loss",
-    "curl", "antisymmetric_norm", "r_fp", "r_dsm_like", "fpe_diagnostics",
+    # score-FPE and conservativity
+    "fpe_operator", "fpe_residual", "curl", "antisymmetric_norm", "r_fp", "r_dsm_like", "fpe_diagnostics",
 ]

@@ -7,30 +7,35 @@ time-dependent quantity (precisions, posterior covariances, d/dt of the marginal
 elementwise in the component's own basis. This is why one code path serves all three covariance
 types, the exact posterior and the exact time derivatives.
 
-The row-block helpers at the end (:func:`by_row_chunks`, :func:`map_row_blocks`) bound the
-memory of both evaluation paths and run the fast path's blocks on a thread pool.
+The row-block helper at the end (:func:`map_row_blocks`) bounds the memory of the NumPy fast path
+and runs its blocks on a thread pool.
 """
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-LOG_2PI = float(np.log(2.0 * np.pi))
+from ._array import LOG_2PI, device_of, is_numpy, namespace
 
 
 @dataclass(frozen=True, eq=False)
 class Gaussians:
     """Mixture in normal form. Shapes: log_weights (K,), means (K,d), var (K,1)|(K,d),
-    basis None | (K,d,d) whose columns are the eigenvectors of component k."""
+    basis None | (K,d,d) whose columns are the eigenvectors of component k.
 
-    log_weights: np.ndarray
-    means: np.ndarray
-    var: np.ndarray
-    basis: np.ndarray | None = None
+    The canonical instance holds float64 NumPy arrays; :meth:`to` gives (and caches) the same form
+    in another namespace, dtype and device, so that the reference path runs where its input lives.
+    """
+
+    log_weights: object
+    means: object
+    var: object
+    basis: object = None
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_components(self) -> int:
@@ -44,9 +49,22 @@ class Gaussians:
     def isotropic(self) -> bool:
         return self.basis is None and self.var.shape[1] == 1
 
-    def sum_dims(self, a: np.ndarray) -> np.ndarray:
+    def to(self, xp, like=None) -> "Gaussians":
+        """This form in the namespace ``xp`` with the dtype and device of ``like`` (NumPy: itself)."""
+        if is_numpy(xp):
+            return self
+        dtype, device = like.dtype, device_of(like)
+        key = (xp.__name__, str(dtype), str(device))
+        if key not in self._copies:
+            conv = [None if a is None else xp.asarray(a, dtype=dtype, device=device)
+                    for a in (self.log_weights, self.means, self.var, self.basis)]
+            self._copies[key] = Gaussians(*conv)
+        return self._copies[key]
+
+    def sum_dims(self, a):
         """Sum a per-dimension array of shape (..., K, 1|d) over d, honouring isotropic storage."""
-        s = a.sum(axis=-1)
+        xp = namespace(a)
+        s = xp.sum(a, axis=-1)
         return s * self.dim if a.shape[-1] == 1 else s
 
     def log_norm(self) -> np.ndarray:
@@ -54,15 +72,14 @@ class Gaussians:
         return self.log_weights - 0.5 * self.sum_dims(LOG_2PI + np.log(self.var))
 
     def noised(self, alpha: float, sigma: float, where: str = "") -> "Gaussians":
-        """Law of alpha X + sigma eps: means alpha mu_k, eigenvalues alpha^2 lam + sigma^2."""
+        """Law of alpha X + sigma eps: means alpha mu_k, eigenvalues alpha^2 lam + sigma^2 (NumPy, one time)."""
         var = alpha * alpha * self.var + sigma * sigma
         if not (var > 0).all():
-            raise ValueError("the noised law has no density" + where + ": sigma(t) = 0 and a component "
-                             "has zero covariance (an Empirical target needs sigma(t) > 0)")
+            raise ValueError(no_density_message(where))
         return Gaussians(self.log_weights, alpha * self.means, var, self.basis)
 
     def dense_covs(self, var: np.ndarray | None = None) -> np.ndarray:
-        """Covariance matrices ``Q diag(var) Q^T``, shape (K,d,d) (``var`` defaults to ``self.var``)."""
+        """Covariance matrices ``Q diag(var) Q^T``, shape (K,d,d) (``var`` defaults to ``self.var``; NumPy)."""
         var = self.var if var is None else var
         full = np.broadcast_to(var, (self.n_components, self.dim))
         if self.basis is None:
@@ -72,43 +89,18 @@ class Gaussians:
             return out
         return np.einsum("kij,kj,klj->kil", self.basis, full, self.basis)
 
-    def rotate(self, v: np.ndarray) -> np.ndarray:
-        """Vectors (..., K, d) in the standard basis -> component bases, ``Q_k^T v_k``."""
-        return v if self.basis is None else np.einsum("kji,...kj->...ki", self.basis, v)
+    def rotate(self, v):
+        """Vectors (..., K, d) in the standard basis -> component bases, ``Q_k^T v_k`` (any namespace)."""
+        return v if self.basis is None else (v[..., None, :] @ self.basis)[..., 0, :]
 
-    def unrotate(self, w: np.ndarray) -> np.ndarray:
+    def unrotate(self, w):
         """Inverse of :meth:`rotate`: ``Q_k w_k``."""
-        return w if self.basis is None else np.einsum("kij,...kj->...ki", self.basis, w)
+        return w if self.basis is None else (self.basis @ w[..., None])[..., 0]
 
 
-def logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    """log sum_k exp a[..., k], stable for entries of any size (max-shifted)."""
-    m = a.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.log(np.exp(a - m).sum(axis=-1)) + m[..., 0]
-
-
-def by_row_chunks(row_width, budget: int = 1 << 22):
-    """Decorator: apply ``fn(G, x_chunk, *args)`` over row chunks of x (n, d) and stack results.
-
-    ``row_width(G)`` is the number of float64 temporaries one row needs, so each chunk holds
-    about ``budget`` of them (32 MiB) whatever n, K and d are.
-    """
-
-    def wrap(fn):
-        def run(G: Gaussians, x: np.ndarray, *args):
-            step = max(1, budget // max(1, row_width(G)))
-            if len(x) <= step:
-                return fn(G, x, *args)
-            parts = [fn(G, x[i:i + step], *args) for i in range(0, len(x), step)]
-            if isinstance(parts[0], tuple):
-                return tuple(np.concatenate(p) for p in zip(*parts))
-            return np.concatenate(parts)
-
-        run.__name__, run.__qualname__, run.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
-        return run
-
-    return wrap
+def no_density_message(where: str = "") -> str:
+    return ("the noised law has no density" + where + ": sigma(t) = 0 and a component has zero covariance "
+            "(an Empirical target needs sigma(t) > 0)")
 
 
 _blas = None

@@ -1,20 +1,25 @@
-"""Input checks shared by the reference layer.
+"""Input checks shared by the whole package (the names here are public to the package's modules).
 
-Every public entry point converts its arguments here, so that bad input fails at the boundary
-with a message naming the argument and what was expected (DESIGN.md, "Conventions").
-Nothing is clipped: a value outside its domain is an error, never silently moved inside it.
+Every public entry point converts its arguments here, so that bad input fails at the boundary with
+a message naming the argument and what was expected. Nothing is clipped: a value outside its
+domain is an error, never silently moved inside it. Checks are namespace-aware: NumPy input is
+converted to float64 (the reference precision); a torch tensor keeps its dtype and device and is
+never converted to NumPy (a check costs one reduction on its device).
 """
 from __future__ import annotations
 
 import numbers
 
+import array_api_compat as aac
 import numpy as np
 
-__all__ = ["as_float_array", "as_points", "as_count", "check_finite"]
+from ._array import default_float, device_of, is_numpy, namespace
+
+__all__ = ["as_float_array", "as_array", "as_points", "as_count", "check_finite", "as_generator", "check_process",
+           "scalar_time", "call_score", "check_callable", "as_coefficient"]
 
 
-def as_float_array(value, name: str, *, ndim: int | None = None, min_ndim: int = 0) -> np.ndarray:
-    """Return ``value`` as a float64 array, refusing non-numeric, complex and non-finite input."""
+def _numeric_numpy(value, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as exc:  # pragma: no cover - numpy raises many types here
@@ -22,28 +27,78 @@ def as_float_array(value, name: str, *, ndim: int | None = None, min_ndim: int =
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
                                    or arr.dtype == bool):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
-    if arr.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {arr.shape}")
+    return arr
+
+
+def _check_ndim(shape, name, ndim, min_ndim):
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(shape)}")
+    if len(shape) < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(shape)}")
+
+
+def as_float_array(value, name: str, *, ndim: int | None = None, min_ndim: int = 0) -> np.ndarray:
+    """Return ``value`` as a float64 NumPy array, refusing non-numeric, complex and non-finite input."""
+    arr = _numeric_numpy(value, name).astype(np.float64, copy=False)
+    _check_ndim(arr.shape, name, ndim, min_ndim)
     check_finite(arr, name)
     return arr
 
 
-def check_finite(arr: np.ndarray, name: str) -> None:
-    """Raise ``ValueError`` if ``arr`` holds NaN or infinity, saying where the first one is."""
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name} must be finite; found {arr[where]} at index {where}")
+def check_finite(arr, name: str) -> None:
+    """Raise ``ValueError`` if ``arr`` (any namespace) holds NaN or infinity, saying where."""
+    xp = namespace(arr)
+    bad = ~xp.isfinite(arr)
+    if bool(xp.any(bad)):
+        where = tuple(int(i[0]) for i in xp.nonzero(bad)) if arr.ndim else ()
+        raise ValueError(f"{name} must be finite; found {float(arr[where])} at index {where}")
 
 
-def as_points(x, d: int, name: str = "x") -> np.ndarray:
-    """Return points of shape ``(..., d)`` as float64, checking the trailing dimension."""
-    arr = as_float_array(x, name, min_ndim=1)
+def as_array(value, name: str, xp=None, *, like=None, ndim: int | None = None, min_ndim: int = 0):
+    """``value`` as a real floating array of the namespace ``xp`` (default: its own), checked finite.
+
+    NumPy: float64 (``like`` is ignored). torch: a floating tensor keeps its dtype and device unless
+    ``like`` is given; anything else (integers, lists, NumPy arrays, scalars) takes the dtype and
+    device of ``like`` (else torch's defaults).
+    """
+    xp = namespace(value) if xp is None else xp
+    if is_numpy(xp):  # ``like`` plays no part: the reference precision is float64
+        return as_float_array(value, name, ndim=ndim, min_ndim=min_ndim)
+    native = namespace(value) is xp
+    if native and xp.isdtype(value.dtype, "complex floating"):
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if native and xp.isdtype(value.dtype, "real floating") and like is None:
+        arr = value
+    elif native:  # a tensor of another dtype or device: a differentiable cast
+        dtype = like.dtype if like is not None else default_float(xp)
+        arr = aac.to_device(xp.astype(value, dtype), device_of(like if like is not None else value))
+    else:
+        dtype = like.dtype if like is not None else default_float(xp)
+        device = device_of(like) if like is not None else None
+        arr = xp.asarray(_numeric_numpy(value, name), dtype=dtype, device=device)
+    _check_ndim(arr.shape, name, ndim, min_ndim)
+    check_finite(arr, name)
+    return arr
+
+
+def as_points(x, d: int, name: str = "x", xp=None, like=None):
+    """Points of shape ``(..., d)`` in the namespace ``xp``, checking the trailing dimension."""
+    arr = as_array(x, name, xp, like=like, min_ndim=1)
     if arr.shape[-1] != d:
-        raise ValueError(f"{name} must have trailing dimension d={d}, got shape {arr.shape}")
+        raise ValueError(f"{name} must have trailing dimension d={d}, got shape {tuple(arr.shape)}")
+    return arr
+
+
+def as_coefficient(value, name: str, like, xp=None):
+    """A per-row coefficient (alpha, sigma, ...) for arrays shaped like ``like`` (..., d): a scalar, or an
+    array with ``like.ndim`` dimensions and a trailing 1 (e.g. (N, 1) for (N, d)) — the shape that
+    broadcasts row by row. Refuses (N,) against (N, d), which would broadcast along d."""
+    xp = namespace(value, like) if xp is None else xp
+    arr = as_array(value, name, xp, like=like)
+    if arr.ndim and (arr.ndim != like.ndim or arr.shape[-1] != 1):
+        raise ValueError(f"{name} must be a scalar or have shape (..., 1) with {like.ndim} dimensions to broadcast "
+                         f"row by row against shape {tuple(like.shape)}, got {tuple(arr.shape)} "
+                         "(per-row coefficients are (N, 1))")
     return arr
 
 
@@ -57,9 +112,59 @@ def as_count(n, name: str, *, minimum: int = 1) -> int:
     return n
 
 
-def as_generator(rng, name: str = "rng") -> np.random.Generator:
-    """Demand an explicit ``numpy.random.Generator``: randomness never comes from global state."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), "
-                        f"got {type(rng).__name__}")
-    return rng
+def as_generator(rng, name: str = "rng"):
+    """Demand an explicit ``numpy.random.Generator`` or ``torch.Generator``: randomness never comes
+    from global state."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(rng, torch.Generator):
+        return rng
+    raise TypeError(f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)) or a "
+                    f"torch.Generator, got {type(rng).__name__}")
+
+
+def check_process(proc):
+    from .processes import Process
+
+    if not isinstance(proc, Process):
+        raise TypeError(f"proc must be a scoremc Process (VE, VP, SubVP, Cosine, EDM), got {type(proc).__name__}")
+    return proc
+
+
+def scalar_time(proc, t) -> float:
+    """One validated time as a Python float (for functions defined at a single time)."""
+    xp = namespace(t)
+    t = proc.check_t(as_array(t, "t", xp))
+    if t.ndim != 0:
+        raise ValueError(f"t must be a scalar here, got shape {tuple(t.shape)}; use exact_score or loss for "
+                         "per-row times")
+    return float(t)
+
+
+def check_callable(fn, name: str):
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be a callable (x, t) -> array, got {type(fn).__name__}")
+    return fn
+
+
+def call_score(fn, x, t, tail=None, name: str = "score_fn"):
+    """``fn`` on x (..., d) with t broadcast to ``x.shape[:-1]``, flattened into one call of shape
+    (P, d), (P,) (so a network sees one large batch); the result is checked to be (P,) + tail and
+    reshaped to x.shape[:-1] + tail. ``tail`` defaults to (d,) (a vector field); () for scalar fields,
+    (d, d) for Jacobians. NumPy in, float64 NumPy out; torch in, torch out (no conversion)."""
+    xp = namespace(x, t)
+    d = x.shape[-1]
+    tail = (d,) if tail is None else tuple(tail)
+    lead = tuple(x.shape[:-1])
+    size = int(np.prod(lead, dtype=np.int64))
+    tt = xp.reshape(xp.broadcast_to(xp.asarray(t, dtype=x.dtype, device=device_of(x)), lead), (size,))
+    out = fn(xp.reshape(x, (size, d)), tt)
+    if is_numpy(xp):
+        out = np.asarray(out, dtype=np.float64)
+    want = (size,) + tail
+    if tuple(out.shape) != want:
+        raise ValueError(f"{name}(x, t) must return shape {want} for x of shape {(size, d)}, got {tuple(out.shape)}")
+    return xp.reshape(out, lead + tail)

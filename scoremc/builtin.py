@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .targets import Empirical, GaussianMixture
+from .distributions import Empirical, GaussianMixture
 
 __all__ = ["two_gaussians", "fp_gmm", "ring8", "tsm_unit_gaussian", "tsm_easy", "tsm_hard_same_variance",
            "tsm_hard_different_variance", "digits", "TSM_TARGETS", "TARGETS"]
@@ -34,7 +34,7 @@ def ring8(radius: float = 1.0, std: float = 0.1) -> GaussianMixture:
 # TSM §4.1 gives no numeric parameters for its four 1-D targets, only that each has total
 # variance sigma_data^2 = 1, that "hard" means well-separated modes, and that plots span
 # [-2.5, 2.5]. We fix symmetric two-component mixtures (weights 1/2, means +-mu, zero mean) with
-# mu^2 + mean component variance = 1 exactly (values of SEEDS_SPEC §3.5, mu made exact).
+# mu^2 + mean component variance = 1 exactly.
 
 
 def tsm_unit_gaussian() -> GaussianMixture:

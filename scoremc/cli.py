@@ -15,6 +15,7 @@ from .builtin import TARGETS
 from .fpe import fpe_residual
 from .noising import exact_score, noised_sample, posterior
 from .processes import EDM, VE, VP, Cosine, SubVP
+from .weighting import Likelihood, SigmaSquared
 
 PROCESS_NAMES = {"ve": VE, "vp": VP, "subvp": SubVP, "cosine": Cosine, "edm": EDM}
 
@@ -74,11 +75,11 @@ def _cmd_info(args) -> int:
 
 
 def _identities(estimators: str, n_refs: str):
-    from .identities import DSI, STF, TSI, Mix
+    from .identities import DSI, STF, TSI, Kappa, KappaBar, Mix, OptimalMix
 
     names = [e.strip() for e in estimators.split(",") if e.strip()]
-    table = {"dsi": [DSI()], "tsi": [TSI()], "kappa": [Mix("kappa")], "kappa_bar": [Mix("kappa_bar")],
-             "optimal": [Mix("optimal")]}
+    table = {"dsi": [DSI()], "tsi": [TSI()], "kappa": [Mix(Kappa())], "kappa_bar": [Mix(KappaBar())],
+             "optimal": [OptimalMix()]}
     out = []
     for name in names:
         if name == "stf":
@@ -97,7 +98,7 @@ def _times_arg(text: str, proc):
 
 def _cmd_variance(args) -> int:
     from .experiments._common import write_sweep
-    from .sweep import variance
+    from .variance import variance
 
     proc = PROCESS_NAMES[args.process]()
     targets = {name: TARGETS[name]() for name in args.target.split(",")}
@@ -105,7 +106,8 @@ def _cmd_variance(args) -> int:
     ds = variance(_identities(args.estimators, args.n_ref), targets, proc, ts, n_outer=args.n_outer,
                   n_inner=args.n_inner, n_samples=args.n_samples, seed=args.seed, scheduler=args.scheduler,
                   num_workers=args.workers)
-    files = write_sweep(ds, args.out, "variance", f"V(t) under {proc!r}", weightings=(None, "sigma2", "g2"))
+    files = write_sweep(ds, args.out, "variance", f"V(t) under {proc!r}",
+                        weightings=(None, SigmaSquared().name, Likelihood().name))
     for kind, path in files.items():
         print(f"{kind:10s} {path}")
     return 0

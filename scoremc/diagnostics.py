@@ -14,65 +14,65 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _fd
-from ._validation import as_count, as_float_array, as_generator
+from ._validation import as_count, as_float_array, as_generator, call_score, check_process, scalar_time
 from .conservativity import antisymmetric_norm, curl
+from .distributions import normal_form
 from .fpe import fpe_residual
 from .identities import DSI
-from .noising import _check_process, _scalar_time, noised_sample
-from .targets import _parts_of
+from .noising import noised_sample
 
 __all__ = ["r_fp", "r_dsm_like", "fpe_diagnostics"]
 
 
-def r_fp(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator, **fpe_options) -> float:
-    """r_FP(t) = (1/d) E ||eps[s](x_t, t)||_2 over n draws of x_t (FP-Diffusion §3.1).
-    ``fpe_options`` go to :func:`scoremc.fpe_residual`."""
-    proc = _check_process(proc)
-    t = _scalar_time(proc, t)
+def r_fp(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator, derivatives=None) -> float:
+    """r_FP(t) = (1/d) E ||eps[s](x_t, t)||_2 over n draws of x_t (FP-Diffusion §3.1), the residual by
+    :func:`scoremc.fpe_residual` with the ``derivatives`` source."""
+    proc = check_process(proc)
+    t = scalar_time(proc, t)
     rng = as_generator(rng)
     _, xt = noised_sample(dist, proc, t, as_count(n, "n"), rng)
-    res = fpe_residual(score_fn, proc, xt, t, **fpe_options)
-    return float(np.linalg.norm(res, axis=-1).mean() / _parts_of(dist).dim)
+    res = fpe_residual(score_fn, proc, xt, t, derivatives=derivatives, rng=rng)
+    return float(np.linalg.norm(res, axis=-1).mean() / normal_form(dist).dim)
 
 
 def r_dsm_like(score_fn, dist, proc, t, *, n: int, rng: np.random.Generator) -> float:
     """r_DSM-like(t) = (1/d) E ||s(x_t, t) - DSI.integrand(x0, x_t)||_2 (FP-Diffusion §3.1)."""
-    proc = _check_process(proc)
-    t = _scalar_time(proc, t)
+    proc = check_process(proc)
+    t = scalar_time(proc, t)
     rng = as_generator(rng)
     x0, xt = noised_sample(dist, proc, t, as_count(n, "n"), rng)
-    s = _fd.call(score_fn, xt, np.full(len(xt), t))
-    diff = s - DSI.integrand(dist, proc, t, x0, xt)
-    return float(np.linalg.norm(diff, axis=-1).mean() / _parts_of(dist).dim)
+    s = call_score(score_fn, xt, np.full(len(xt), t))
+    diff = s - DSI().integrand(dist, proc.at(np.float64(t)), x0, xt)
+    return float(np.linalg.norm(diff, axis=-1).mean() / normal_form(dist).dim)
 
 
-def fpe_diagnostics(score_fn, dist, proc, ts, *, n: int, rng: np.random.Generator, **options):
+def fpe_diagnostics(score_fn, dist, proc, ts, *, n: int, rng: np.random.Generator, derivatives=None,
+                    jacobian=None):
     """r_FP, r_DSM-like and the conservativity measures at each t in ``ts``, as a Dataset over t.
 
     Variables: ``r_fp``, ``r_dsm_like``, ``antisym_norm`` (mean ||(J - J^T)/2||_F) and, for d = 2,
     ``curl_ms`` (mean square curl; ``curl_ms.mean()`` over a uniform t grid is FP-Diffusion §6.2's
-    time-averaged curl MSE). ``options`` go to :func:`scoremc.fpe_residual` and, for ``jacobian`` and
-    ``fd_step``, to the Jacobian.
+    time-averaged curl MSE). ``derivatives`` is the derivative source of the residual, ``jacobian`` that
+    of the Jacobian (both default to closed forms for an exact score, else central differences).
     """
     import xarray as xr  # only here: ``import scoremc`` stays light
 
-    proc = _check_process(proc)
+    proc = check_process(proc)
     rng = as_generator(rng)
     n = as_count(n, "n")
     ts = as_float_array(ts, "ts", ndim=1)
-    d = _parts_of(dist).dim
-    jac_opts = {k: options[k] for k in ("jacobian", "fd_step") if k in options}
+    d = normal_form(dist).dim
+    jac_opts = dict(proc=proc, derivatives=jacobian)
     out = {k: [] for k in ("r_fp", "r_dsm_like", "antisym_norm", "curl_ms")}
     for t in ts:
-        out["r_fp"].append(r_fp(score_fn, dist, proc, t, n=n, rng=rng, **options))
+        out["r_fp"].append(r_fp(score_fn, dist, proc, t, n=n, rng=rng, derivatives=derivatives))
         out["r_dsm_like"].append(r_dsm_like(score_fn, dist, proc, t, n=n, rng=rng))
         _, xt = noised_sample(dist, proc, float(t), n, rng)
-        out["antisym_norm"].append(float(antisymmetric_norm(score_fn, xt, t, proc=proc, **jac_opts).mean()))
+        out["antisym_norm"].append(float(antisymmetric_norm(score_fn, xt, t, **jac_opts).mean()))
         if d == 2:
-            out["curl_ms"].append(float((curl(score_fn, xt, t, proc=proc, **jac_opts) ** 2).mean()))
+            out["curl_ms"].append(float((curl(score_fn, xt, t, **jac_opts) ** 2).mean()))
     data = {k: ("t", np.asarray(v)) for k, v in out.items() if v}
     ds = xr.Dataset(data, coords={"t": ts})
     ds.attrs.update(process=repr(proc), n=n, d=d,
-                    source="FP-Diffusion §3.1 (r_FP, r_DSM-like), §6.2 (curl); SEEDS_SPEC §4.3")
+                    source="FP-Diffusion §3.1 (r_FP, r_DSM-like), §6.2 (curl)")
     return ds

@@ -1,156 +1,291 @@
-"""Score identities: integrands L(x0, x_t, t) whose posterior mean is the score (DESIGN.md).
+"""Score identities: integrands L(x0, x_t, t) whose posterior mean is the score.
 
     grad log p_t(x_t) = E_{x0 ~ p(x0 | x_t)} L(x0, x_t, t)
 
 * ``DSI()``  denoising score identity, L = (alpha x0 - x_t) / sigma^2 (STF Eq. 3; TSM Eq. 2).
 * ``TSI()``  target score identity, L = grad log p0(x0) / alpha (TSM Prop. 2.1, Cor. 2.4).
-* ``Mix(w)`` w DSI + (1 - w) TSI (TSM §4.1), w a number, a callable of t, ``"kappa"``,
-  ``"kappa_bar"`` or ``"optimal"`` (the pointwise variance-minimising weight).
+* ``Mix(w)`` w DSI + (1 - w) TSI (TSM §4.1): w a number, a callable of t, ``Kappa()`` or ``KappaBar()``.
+* ``OptimalMix()`` the mixture with the pointwise variance-minimising weight (not in the papers).
 * ``STF(n_ref)`` the self-normalised importance-sampling average of DSI over a reference batch
-  (STF Eq. 5), whose first element is the posterior draw and the rest are draws from p0.
+  (STF Eq. 5), whose first element is the posterior draw and the rest are draws from p0. Its
+  expectation is the score exactly, for every n_ref (not only as n_ref -> inf; see :class:`STF`).
 
-Each identity is a frozen dataclass; :func:`integrand_samples` and :func:`estimate` are the
-generic verbs over them. The same objects define the regression targets of the training
+Each identity is a frozen dataclass that declares its whole contract (equinox's abstract/final
+rule): :meth:`Identity.draws` (how it draws its integrand from the exact posterior) and
+:meth:`Identity.trace_cov` (its closed-form posterior trace-covariance, or None). The generic verbs
+:func:`integrand_samples` and :func:`estimate` and the variance engine only call these. Pointwise
+identities (:class:`PointwiseIdentity`) also define the integrand itself, written once for NumPy
+and torch on per-row coefficients: the same objects are the regression targets of the training
 objectives, so estimator, objective and variance curve cannot drift apart.
 """
 from __future__ import annotations
 
 import abc
+import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, ClassVar, Union
 
 import numpy as np
 
-from ._validation import as_count, as_generator, as_points
-from .noising import _check_process, _scalar_time, posterior
-from .processes import Process
-from .targets import Empirical, _parts_of, sample, score
+from ._array import namespace
+from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
+from .distributions import GaussianMixture, normal_form, sample, score
+from .noising import Posterior, posterior
 
-__all__ = ["Identity", "DSI", "TSI", "Mix", "STF", "integrand_samples", "estimate", "kappa", "kappa_bar",
-           "sigma_data"]
+__all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "MixWeight", "Kappa", "KappaBar", "OptimalMix",
+           "STF", "stf_target", "integrand_samples", "estimate"]
 
 
 class Identity(abc.ABC):
-    """Abstract score identity; concrete identities are final frozen dataclasses."""
+    """Abstract score identity; concrete identities are final frozen dataclasses.
 
-    #: short name used as the ``estimator`` coordinate of variance sweeps
-    @property
-    @abc.abstractmethod
-    def name(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class DSI(Identity):
-    """Denoising score identity: L = grad_{x_t} log p(x_t | x0) = (alpha x0 - x_t) / sigma^2."""
-
-    @property
-    def name(self) -> str:
-        return "dsi"
-
-    @staticmethod
-    def integrand(dist, proc: Process, t: float, x0, xt):
-        """(alpha x0 - x_t) / sigma^2, broadcasting x0 (..., d) against x_t (..., d)."""
-        a, s = float(proc.alpha(t)), float(proc.sigma(t))
-        return (a * x0 - xt) / (s * s)
-
-
-@dataclass(frozen=True)
-class TSI(Identity):
-    """Target score identity: L = grad log p0(x0) / alpha (needs a target with a score)."""
-
-    @property
-    def name(self) -> str:
-        return "tsi"
-
-    @staticmethod
-    def integrand(dist, proc: Process, t: float, x0, xt=None):
-        """grad log p0(x0) / alpha, shape of x0."""
-        if isinstance(dist, Empirical):
-            raise TypeError("TSI needs the target's score grad log p0, which an Empirical target does not have")
-        return score(dist, x0) / float(proc.alpha(t))
-
-
-def sigma_data(dist) -> float:
-    """Data scale sigma_data = sqrt(tr Cov(p0) / d) (the total variance per dimension)."""
-    return float(np.sqrt(np.trace(np.atleast_2d(dist.cov())) / dist.dim))
-
-
-def kappa(dist, proc: Process, t) -> np.ndarray:
-    """kappa_t = sigma^2 / (sigma^2 + alpha^2 sigma_data^2) (TSM §4.1): the zero-variance DSI
-    weight for a Gaussian target N(0, sigma_data^2 I) (TSM App. C)."""
-    a, s = np.asarray(proc.alpha(t)), np.asarray(proc.sigma(t))
-    return s * s / (s * s + a * a * sigma_data(dist) ** 2)
-
-
-def kappa_bar(dist, proc: Process, t) -> np.ndarray:
-    """kappa-bar_t = sigma^2 / (sigma^2 + alpha^2 sigma_mode^2), sigma_mode^2 = sum_k pi_k tr(Sigma_k)/d,
-    the mixture-averaged component variance (TSM §4.1); 1 (pure DSI) for an ``Empirical``."""
-    G = _parts_of(dist)
-    mode_var = float(np.exp(G.log_weights) @ (G.sum_dims(G.var) / G.dim))
-    a, s = np.asarray(proc.alpha(t)), np.asarray(proc.sigma(t))
-    return s * s / (s * s + a * a * mode_var)
-
-
-_NAMED_WEIGHTS = {"kappa": kappa, "kappa_bar": kappa_bar}
-
-
-@dataclass(frozen=True)
-class Mix(Identity):
-    """w DSI + (1 - w) TSI; ``w`` is the weight on DSI (TSM §4.1).
-
-    ``w``: a number in [0, 1], a callable ``w(t)``, ``"kappa"``, ``"kappa_bar"`` or ``"optimal"``.
-    ``"optimal"`` picks, for each x_t, the w minimising the posterior trace-variance of the
-    mixture, w* = -tr Cov(T, D - T) / tr Var(D - T) with D = DSI, T = TSI; :func:`estimate`
-    computes it from an independent pilot batch of posterior samples so that the estimate stays
-    unbiased (neither seed paper gives this weight).
+    ``name`` is the ``estimator`` coordinate of variance sweeps; ``n_ref`` the reference-batch size
+    (0 except for STF).
     """
 
-    w: Union[float, str, Callable] = "kappa"
+    name: ClassVar[str]
+    n_ref: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def draws(self, post: Posterior, n: int, rng) -> np.ndarray:
+        """n independent draws of the integrand per row of ``post.xt``, shape (n, N, d), using exact
+        posterior draws ``post.sample`` (and whatever else the identity needs)."""
+
+    @abc.abstractmethod
+    def trace_cov(self, post: Posterior):
+        """tr Cov_{x0 ~ p(x0|x_t)} L per row, shape (N,), in closed form; None where none exists."""
+
+
+class PointwiseIdentity(Identity):
+    """An identity with an integrand L(x0, x_t, t) evaluated pointwise: its draws are L at posterior
+    draws, and it is a regression target (DSM, TSM, mixtures, STF loss)."""
+
+    @abc.abstractmethod
+    def integrand(self, dist, coef, x0, xt, rng=None):
+        """L at x0 (..., N, d) for rows x_t (N, d); ``coef`` holds alpha, sigma broadcasting against
+        the rows ((N, 1) per row, or scalars). NumPy or torch, like x0."""
+
+    def draws(self, post, n, rng):
+        return self.integrand(post.dist, post.coefficients, post.sample(n, rng), post.xt, rng)
+
+
+def _single_gaussian(dist) -> bool:
+    return isinstance(dist, GaussianMixture) and dist.n_components == 1
+
+
+def _affine_parts(post: Posterior):
+    """(u, v, post_var) per eigen-direction of a one-component Gaussian target (TSM App. C): there
+    L = w DSI + (1 - w) TSI is affine in x0 with coefficient a_j(w) = w u_j - v_j,
+    u = alpha / sigma^2 + 1 / (alpha lam), v = 1 / (alpha lam), and the posterior variance is
+    lam sigma^2 / (alpha^2 lam + sigma^2)."""
+    G = normal_form(post.dist)
+    lam = np.broadcast_to(G.var[0], (G.dim,))
+    a, s = post.alpha, post.sigma
+    post_var = lam * s * s / (a * a * lam + s * s)
+    return a / (s * s) + 1.0 / (a * lam), 1.0 / (a * lam), post_var
+
+
+def _affine_trace_cov(post: Posterior, w):
+    """tr Cov = sum_j a_j(w)^2 lam_j sigma^2 / c_j on a one-component Gaussian target, else None.
+    DSI: alpha^2/sigma^2 sum lam/c; TSI: the corrected sigma^2 / (alpha^2 lam S) of FLAG-T1."""
+    if not _single_gaussian(post.dist):
+        return None
+    u, v, pv = _affine_parts(post)
+    w = optimal_affine_weight(post) if w is None else float(w)
+    return np.full(len(post.xt), float((((w * u - v) ** 2) * pv).sum()))
+
+
+def optimal_affine_weight(post: Posterior) -> float:
+    """The DSI weight minimising sum_j (w u_j - v_j)^2 post_j (one-component Gaussian target)."""
+    u, v, pv = _affine_parts(post)
+    return float((u * v * pv).sum() / (u * u * pv).sum())
+
+
+@dataclass(frozen=True)
+class DSI(PointwiseIdentity):
+    """Denoising score identity: L = grad_{x_t} log p(x_t | x0) = (alpha x0 - x_t) / sigma^2."""
+
+    name: ClassVar[str] = "dsi"
+
+    def integrand(self, dist, coef, x0, xt, rng=None):
+        return (coef.alpha * x0 - xt) / (coef.sigma * coef.sigma)
+
+    def trace_cov(self, post):
+        # L is affine in x0 with coefficient alpha / sigma^2 for every target (Rao-Blackwellised)
+        return (post.alpha / post.sigma**2) ** 2 * post.trace_cov()
+
+
+@dataclass(frozen=True)
+class TSI(PointwiseIdentity):
+    """Target score identity: L = grad log p0(x0) / alpha (needs a target with a score, not an
+    ``Empirical``)."""
+
+    name: ClassVar[str] = "tsi"
+
+    def integrand(self, dist, coef, x0, xt=None, rng=None):
+        return score(dist, x0) / coef.alpha
+
+    def trace_cov(self, post):
+        return _affine_trace_cov(post, 0.0)
+
+
+class MixWeight(abc.ABC):
+    """A named DSI weight w_t of a mixture, pure arithmetic of the target and (alpha, sigma)."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def __call__(self, dist, coef):
+        """w at the coefficients ``coef`` (arrays shaped like ``coef.alpha``)."""
+
+
+@dataclass(frozen=True)
+class Kappa(MixWeight):
+    """kappa_t = sigma^2 / (sigma^2 + alpha^2 sigma_data^2) (TSM §4.1), sigma_data^2 = tr Cov(p0) / d:
+    the zero-variance DSI weight for a Gaussian target N(0, sigma_data^2 I) (TSM App. C). With the
+    cosine schedule and sigma_data = 1 it is sigma_t^2 (the Phillips et al. mixture, TSM Eq. 9)."""
+
+    name: ClassVar[str] = "kappa"
+
+    def __call__(self, dist, coef):
+        s2 = coef.sigma * coef.sigma
+        return s2 / (s2 + coef.alpha * coef.alpha * dist.sigma_data**2)
+
+
+@dataclass(frozen=True)
+class KappaBar(MixWeight):
+    """kappa-bar_t = sigma^2 / (sigma^2 + alpha^2 sigma_mode^2), sigma_mode^2 = sum_k pi_k tr(Sigma_k) / d,
+    the mixture-averaged component variance (TSM §4.1); 1 (pure DSI) for an ``Empirical``."""
+
+    name: ClassVar[str] = "kappa_bar"
+
+    def __call__(self, dist, coef):
+        G = normal_form(dist)
+        mode_var = float(np.exp(G.log_weights) @ (G.sum_dims(G.var) / G.dim))
+        s2 = coef.sigma * coef.sigma
+        return s2 / (s2 + coef.alpha * coef.alpha * mode_var)
+
+
+@dataclass(frozen=True)
+class Mix(PointwiseIdentity):
+    """w DSI + (1 - w) TSI; ``w`` is the weight on DSI (TSM §4.1, Eq. 19).
+
+    ``w``: a number, a callable ``w(t)`` of the per-row times, or a :class:`MixWeight`
+    (``Kappa()``, ``KappaBar()``). The pointwise variance-optimal weight is :class:`OptimalMix`.
+    """
+
+    w: Union[float, Callable, MixWeight] = Kappa()
 
     def __post_init__(self):
         w = self.w
-        if isinstance(w, str):
-            if w not in (*_NAMED_WEIGHTS, "optimal"):
-                raise ValueError(f"w must be a number, a callable of t, 'kappa', 'kappa_bar' or 'optimal'; got {w!r}")
-        elif isinstance(w, numbers.Real) and not isinstance(w, bool):
-            if not np.isfinite(w):
+        if isinstance(w, MixWeight):
+            return
+        if isinstance(w, numbers.Real) and not isinstance(w, bool):
+            if not math.isfinite(w):
                 raise ValueError(f"w must be finite, got {w}")
         elif not callable(w):
-            raise TypeError(f"w must be a number, a callable of t or a name, got {type(w).__name__}")
+            raise TypeError(f"w must be a number, a callable of t or a MixWeight (Kappa(), KappaBar()); "
+                            f"got {type(w).__name__} {w!r}")
 
     @property
     def name(self) -> str:
-        if isinstance(self.w, str):
-            return self.w
+        if isinstance(self.w, MixWeight):
+            return self.w.name
         if callable(self.w):
             return f"mix({getattr(self.w, '__name__', 'w(t)')})"
         return f"mix({self.w:g})"
 
-    def weight(self, dist, proc: Process, t: float) -> float:
-        """The DSI weight at time t (not defined for ``"optimal"``, which is pointwise)."""
-        if self.w == "optimal":
-            raise ValueError("the optimal weight depends on x_t; it is computed inside estimate()")
-        if isinstance(self.w, str):
-            return float(_NAMED_WEIGHTS[self.w](dist, proc, t))
-        return float(self.w(t)) if callable(self.w) else float(self.w)
+    def weight(self, dist, coef):
+        """The DSI weight at the coefficients' times, shaped like ``coef.alpha`` (or a float)."""
+        if isinstance(self.w, MixWeight):
+            return self.w(dist, coef)
+        if callable(self.w):
+            return as_array(self.w(coef.t), "w(t)", namespace(coef.t), like=coef.t)
+        return float(self.w)
 
-    def integrand(self, dist, proc: Process, t: float, x0, xt):
-        w = self.weight(dist, proc, t)
-        return w * DSI.integrand(dist, proc, t, x0, xt) + (1.0 - w) * TSI.integrand(dist, proc, t, x0)
+    def integrand(self, dist, coef, x0, xt, rng=None):
+        w = self.weight(dist, coef)
+        return w * DSI().integrand(dist, coef, x0, xt) + (1.0 - w) * TSI().integrand(dist, coef, x0)
+
+    def trace_cov(self, post):
+        if not _single_gaussian(post.dist):
+            return None
+        return _affine_trace_cov(post, float(np.asarray(self.weight(post.dist, post.coefficients))))
 
 
 @dataclass(frozen=True)
-class STF(Identity):
+class OptimalMix(Identity):
+    """w* DSI + (1 - w*) TSI with the pointwise variance-minimising weight (neither seed paper gives it):
+
+        w*(x_t) = -tr Cov(T, D - T) / tr Var(D - T),   D = DSI, T = TSI under p(x0 | x_t).
+
+    :meth:`draws` computes w* from an independent pilot batch of posterior draws, so that the
+    estimate stays unbiased; on a one-component Gaussian target the trace covariance is exact.
+    Not a regression target (w* depends on x_t through the posterior).
+    """
+
+    name: ClassVar[str] = "optimal"
+
+    def draws(self, post, n, rng):
+        coef = post.coefficients
+        x0 = post.sample(n, rng)
+        D, T = DSI().integrand(post.dist, coef, x0, post.xt), TSI().integrand(post.dist, coef, x0)
+        w = self.weight(post, post.sample(max(n, 2), rng))
+        return T + w[None, :, None] * (D - T)
+
+    def weight(self, post, x0_pilot) -> np.ndarray:
+        """Per-row DSI weight minimising tr Var(w D + (1 - w) T) over pilot posterior draws (m, N, d)."""
+        coef = post.coefficients
+        D = DSI().integrand(post.dist, coef, x0_pilot, post.xt)
+        T = TSI().integrand(post.dist, coef, x0_pilot)
+        E = D - T
+        Ec, Tc = E - E.mean(0), T - T.mean(0)
+        var_e = (Ec * Ec).sum(-1).mean(0)
+        cov_te = (Tc * Ec).sum(-1).mean(0)
+        # where D and T coincide on the pilot (var_e = 0) any weight is optimal: take DSI
+        return np.where(var_e > 0, -cov_te / np.where(var_e > 0, var_e, 1.0), 1.0)
+
+    def trace_cov(self, post):
+        return _affine_trace_cov(post, None)
+
+
+def stf_target(xt, sigma, ref, alpha=1.0):
+    """The stable target field (STF Eqs. 5-7, with the alpha-scaled kernel of STF App. A):
+
+        v(x_t) = sum_i w_i (alpha x_i - x_t) / sigma^2,   w_i = softmax_i(-|x_t - alpha x_i|^2 / (2 sigma^2)),
+
+    for reference batches ``ref`` (..., n_ref, d) (or one (n_ref, d) batch shared by all rows) and
+    x_t (..., d) -> (..., d). ``sigma``, ``alpha``: scalars or per-row (..., 1). NumPy or torch.
+    The logits' |x_t|^2 term is common to a row and cancels in the softmax, so only the cross term
+    and |alpha x_i|^2 are formed: no (..., n_ref, d) difference array.
+    """
+    xp = namespace(xt, ref, sigma, alpha)
+    logits = alpha * (ref @ xt[..., None])[..., 0] - 0.5 * (alpha * alpha) * xp.sum(ref * ref, axis=-1)
+    logits = logits / (sigma * sigma)
+    logits = logits - xp.max(logits, axis=-1, keepdims=True)
+    w = xp.exp(logits)
+    w = w / xp.sum(w, axis=-1, keepdims=True)
+    return (alpha * (w[..., None, :] @ ref)[..., 0, :] - xt) / (sigma * sigma)
+
+
+@dataclass(frozen=True)
+class STF(PointwiseIdentity):
     """Stable target field (STF Eq. 5-7): the self-normalised IS average of DSI over a reference
-    batch {x_1, ..., x_n} with x_1 ~ p(x0 | x_t) and x_2..x_n ~ p0,
+    batch {x_1, ..., x_n} with x_1 the draw x0 (posterior draw for estimation; the clean sample that
+    made x_t for training) and x_2..x_n ~ p0 (:func:`stf_target`, for any process: STF App. A's
+    alpha-scaled kernel). ``n_ref = 1`` is DSI exactly.
 
-        v(x_t) = sum_i w_i (alpha x_i - x_t) / sigma^2,  w_i = softmax_i(-|x_t - alpha x_i|^2 / (2 sigma^2)),
-
-    for any process (STF App. A: the alpha-scaled kernel). ``n_ref = 1`` is DSI exactly.
+    Unbiased for every n_ref (corrects STF §4-5, which call the minimiser s*_STF of Eq. 7 biased
+    for finite n): given x_t the reference batch has the law prod_j p0(x_j) k(x_t | x_1) / p_t(x_t),
+    and v is symmetric in the x_j, so k(x_t | x_1) may be replaced by the average of the k(x_t | x_j);
+    then E[v | x_t] = (1 / p_t) int p0(x) k(x_t | x) grad log k(x_t | x) dx = grad log p_t(x_t)
+    (``reference/ERRATA.md``, "STF Eq. 7 is unbiased"). Its variance has no closed form.
     """
 
     n_ref: int = 2
+    #: floats of reference batch drawn at once (32 MiB in float64)
+    budget: ClassVar[int] = 1 << 22
 
     def __post_init__(self):
         as_count(self.n_ref, "n_ref")
@@ -159,79 +294,64 @@ class STF(Identity):
     def name(self) -> str:
         return f"stf({self.n_ref})"
 
-    @staticmethod
-    def target(proc: Process, t: float, xt, ref):
-        """v(x_t) for reference batches ``ref`` (..., n_ref, d) and x_t (..., d) -> (..., d)."""
-        a, s = float(proc.alpha(t)), float(proc.sigma(t))
-        # the logits' |x_t|^2 term is common to a row and cancels in the softmax, so only the
-        # cross term and |alpha x_i|^2 are formed: no (..., n_ref, d) difference array
-        logits = (a * np.einsum("...id,...d->...i", ref, xt) - 0.5 * a * a * np.einsum("...id,...id->...i", ref, ref))
-        logits /= s * s
-        logits -= logits.max(-1, keepdims=True)
-        w = np.exp(logits)
-        w /= w.sum(-1, keepdims=True)
-        return (a * np.einsum("...i,...id->...d", w, ref) - xt) / (s * s)
+    def integrand(self, dist, coef, x0, xt, rng=None, *, others=None):
+        """v over {x0, others}: x0 (..., N, d); ``others`` (n_ref - 1, d) shared or (..., N, n_ref - 1, d),
+        else drawn from p0 with ``rng`` in blocks along x0's leading axis."""
+        xp = namespace(x0, xt)
+        k = self.n_ref - 1
+        if others is not None or k == 0:
+            if others is None:
+                ref = x0[..., None, :]
+            else:
+                others = xp.broadcast_to(others, tuple(x0.shape[:-1]) + (k, x0.shape[-1]))
+                ref = xp.concat([x0[..., None, :], others], axis=-2)
+            return stf_target(xt, coef.sigma, ref, coef.alpha)
+        rng = as_generator(rng)
+        stack = x0 if x0.ndim == 3 else x0[None]
+        m, N, d = stack.shape
+        block = max(1, self.budget // max(1, N * self.n_ref * d))
+        parts = []
+        for i in range(0, m, block):
+            x1 = stack[i:i + block]
+            drawn = sample(dist, x1.shape[0] * N * k, rng, dtype=x1.dtype)
+            drawn = xp.reshape(drawn, (x1.shape[0], N, k, d))
+            parts.append(stf_target(xt, coef.sigma, xp.concat([x1[..., None, :], drawn], axis=-2), coef.alpha))
+        out = xp.concat(parts, axis=0)
+        return out if x0.ndim == 3 else out[0]
+
+    def trace_cov(self, post):
+        return None
 
 
-def integrand_samples(identity: Identity, dist, proc: Process, t, xt, *, n: int, rng: np.random.Generator):
-    """n independent draws of the identity's integrand per row of x_t: shape (n, N, d).
-
-    x0 comes from the exact posterior p(x0 | x_t) (and, for STF, the other n_ref - 1 reference
-    points from p0). Averaging over the first axis gives :func:`estimate`.
-    """
+def _check_identity(identity) -> Identity:
     if not isinstance(identity, Identity):
-        raise TypeError(f"identity must be DSI(), TSI(), Mix(w) or STF(n_ref), got {type(identity).__name__}")
-    proc = _check_process(proc)
-    t = _scalar_time(proc, t)
+        raise TypeError("identity must be a scoremc Identity (DSI(), TSI(), Mix(w), OptimalMix(), STF(n_ref)), "
+                        f"got {type(identity).__name__}")
+    return identity
+
+
+def integrand_samples(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator):
+    """n independent draws of the identity's integrand per row of x_t: shape (n, N, d) (NumPy).
+
+    x0 comes from the exact posterior p(x0 | x_t) at the scalar time ``t``; what else is drawn is
+    the identity's business (:meth:`Identity.draws`). Averaging over the first axis gives
+    :func:`estimate`.
+    """
+    identity = _check_identity(identity)
+    proc = check_process(proc)
+    t = scalar_time(proc, t)
     n = as_count(n, "n")
     rng = as_generator(rng)
-    d = _parts_of(dist).dim
+    d = normal_form(dist).dim
     xt = as_points(xt, d, "xt").reshape(-1, d)
-    post = posterior(dist, proc, t, xt)
-    x0 = post.sample(n, rng)  # (n, N, d)
-    if isinstance(identity, STF):
-        return _stf_samples(identity, dist, proc, t, xt, x0, rng)
-    if isinstance(identity, Mix) and identity.w == "optimal":
-        D, T = DSI.integrand(dist, proc, t, x0, xt), TSI.integrand(dist, proc, t, x0)
-        w = optimal_weight(dist, proc, t, xt, post.sample(max(n, 2), rng))
-        return T + w[None, :, None] * (D - T)
-    return identity.integrand(dist, proc, t, x0, xt)
+    return identity.draws(posterior(dist, proc, t, xt), n, rng)
 
 
-def _stf_samples(identity, dist, proc, t, xt, x0, rng, budget: int = 1 << 22):
-    """STF targets for posterior draws x0 (n, N, d), drawing the other n_ref - 1 reference points
-    from p0 in blocks of inner draws so that a block's (rows, N, n_ref, d) batch stays ~budget."""
-    n, N, d = x0.shape
-    block = max(1, budget // max(1, N * identity.n_ref * d))
-    out = np.empty_like(x0)
-    for i in range(0, n, block):
-        ref = x0[i:i + block, :, None, :]
-        if identity.n_ref > 1:
-            m = ref.shape[0]
-            others = sample(dist, m * N * (identity.n_ref - 1), rng).reshape(m, N, identity.n_ref - 1, d)
-            ref = np.concatenate([ref, others], axis=2)
-        out[i:i + block] = STF.target(proc, t, xt, ref)
-    return out
+def estimate(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Monte Carlo score estimate (TSM Eq. 18): the mean of n integrand draws per row, shape of xt.
 
-
-def optimal_weight(dist, proc: Process, t: float, xt, x0_pilot) -> np.ndarray:
-    """Per-row DSI weight minimising tr Var(w D + (1 - w) T) over posterior samples (m, N, d)."""
-    D = DSI.integrand(dist, proc, t, x0_pilot, xt)
-    T = TSI.integrand(dist, proc, t, x0_pilot)
-    E = D - T
-    Ec, Tc = E - E.mean(0), T - T.mean(0)
-    var_e = (Ec * Ec).sum(-1).mean(0)
-    cov_te = (Tc * Ec).sum(-1).mean(0)
-    # where D and T coincide on the pilot (var_e = 0) any weight is optimal: take DSI
-    return np.where(var_e > 0, -cov_te / np.where(var_e > 0, var_e, 1.0), 1.0)
-
-
-def estimate(identity: Identity, dist, proc: Process, t, xt, *, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Monte Carlo score estimate (TSM Eq. 18): the mean of n integrand draws per row, (N, d).
-
-    Unbiased for grad log p_t(x_t) for DSI, TSI and Mix; STF estimates its own minimiser s*_STF
-    (STF Eq. 7), which has an O(1/n_ref) bias.
+    Unbiased for grad log p_t(x_t) for every identity here, STF included (for every n_ref; see
+    :class:`STF`).
     """
-    xt_arr = np.asarray(xt)
-    out = integrand_samples(identity, dist, proc, t, xt, n=n, rng=rng).mean(axis=0)
-    return out.reshape(xt_arr.shape)
+    shape = np.shape(xt)
+    return integrand_samples(identity, dist, proc, t, xt, n=n, rng=rng).mean(axis=0).reshape(shape)

@@ -6,8 +6,12 @@ x_t = alpha x0 + sigma eps:
 * the marginal p_t is sum_k pi_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I) (TSM §4.1);
 * the posterior p(x0 | x_t) is the mixture of the Gaussian conditionals with responsibilities
   r_k(x_t) proportional to pi_k N(x_t; alpha mu_k, C_k) (TSM Eq. 17 in d dimensions);
-* the score, its Jacobian, divergence and time derivative follow in closed form (:mod:`._dense`),
-  and Tweedie's identity alpha E[x0 | x_t] = x_t + sigma^2 grad log p_t(x_t) holds exactly.
+* the score, its Jacobian, divergence and time derivative follow in closed form
+  (:mod:`._reference`), and Tweedie's identity alpha E[x0 | x_t] = x_t + sigma^2 grad log p_t(x_t)
+  holds exactly.
+
+:class:`ExactScore` evaluates at per-row times on NumPy and torch (autograd flows through x and t);
+the NumPy fast path serves the rows when they share one time.
 """
 from __future__ import annotations
 
@@ -16,82 +20,99 @@ from functools import cached_property
 
 import numpy as np
 
-from . import _dense, _fast
+from . import _fast, _random, _reference
+from ._array import is_numpy, namespace, to_numpy
 from ._gaussians import Gaussians
-from ._validation import as_count, as_generator, as_points
+from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
+from .analytic import AnalyticScore
+from .distributions import Empirical, GaussianMixture, check_method, normal_form, sample
 from .processes import Process
-from .targets import Empirical, GaussianMixture, _parts_of, check_method, evaluate, sample
 
 __all__ = ["marginal", "posterior", "Posterior", "exact_score", "ExactScore", "noised_sample"]
 
 
-def _check_process(proc) -> Process:
-    if not isinstance(proc, Process):
-        raise TypeError(f"proc must be a scoremc Process (VE, VP, SubVP, Cosine, EDM), got {type(proc).__name__}")
-    return proc
-
-
-def _scalar_time(proc: Process, t) -> float:
-    t = proc.check_t(t)
-    if t.ndim != 0:
-        raise ValueError(f"t must be a scalar here, got shape {t.shape}; use exact_score for per-row times")
-    return float(t)
+def _kind(dist) -> str:
+    return "iso" if isinstance(dist, Empirical) else dist.cov_kind
 
 
 def noised_parts(dist, proc: Process, t: float) -> Gaussians:
-    """Normal form of the law of x_t (t already validated)."""
-    return _parts_of(dist).noised(float(proc.alpha(t)), float(proc.sigma(t)), f" at t={t!r} for {proc!r}")
+    """Normal form of the law of x_t at one validated time (NumPy, for the fast path)."""
+    return normal_form(dist).noised(float(proc.alpha(t)), float(proc.sigma(t)), f" at t={t!r} for {proc!r}")
 
 
-def noised_sample(dist, proc: Process, t: float, n: int, rng: np.random.Generator):
+def noised_sample(dist, proc: Process, t: float, n: int, rng):
     """n joint draws (x0, x_t): x0 ~ p0 and x_t = alpha(t) x0 + sigma(t) eps, each (n, d).
 
     ``t`` is a scalar already in the domain; the draws consume ``rng`` as x0 first, then eps.
     """
     x0 = sample(dist, n, rng)
-    return x0, float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * rng.standard_normal(x0.shape)
+    return x0, float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * _random.normal(rng, x0.shape, x0.dtype)
 
 
 def marginal(dist, proc: Process, t) -> GaussianMixture:
     """Exact law of x_t = alpha(t) x0 + sigma(t) eps as a :class:`GaussianMixture`.
 
     Means alpha mu_k, covariances alpha^2 Sigma_k + sigma^2 I, in the covariance kind of the
-    target (an ``Empirical`` becomes an isotropic mixture). ``t`` is a scalar in the domain.
+    target (an ``Empirical`` becomes an isotropic mixture). ``t`` is a scalar in the domain. The
+    returned law evaluates on NumPy and torch input like any target.
     """
-    proc = _check_process(proc)
-    t = _scalar_time(proc, t)
-    kind = "iso" if isinstance(dist, Empirical) else dist.cov_kind
-    return GaussianMixture._from_parts(noised_parts(dist, proc, t), kind)
+    proc = check_process(proc)
+    t = scalar_time(proc, t)
+    return GaussianMixture.from_normal_form(noised_parts(dist, proc, t), _kind(dist))
 
 
 @dataclass(frozen=True, eq=False)
 class Posterior:
-    """Exact p(x0 | x_t) for each row of ``xt`` at one time t.
+    """Exact p(x0 | x_t) for each row of ``xt`` at one time t (NumPy, float64).
 
     Attributes: ``weights`` (N, K) responsibilities, ``means`` (N, K, d) component posterior means,
     ``covs`` the component posterior covariances (independent of x_t): (K,) isotropic,
-    (K, d) diagonal or (K, d, d) full, like the target. Methods: ``mean()`` (N, d),
-    ``cov()`` (N, d, d), ``sample(m, rng)`` (m, N, d). N is the number of rows of ``xt``
-    (its batch dimensions are flattened; ``batch_shape`` keeps them).
+    (K, d) diagonal or (K, d, d) full, like the target; ``coefficients`` the process's
+    coefficients at t. Methods: ``mean()`` (N, d), ``cov()`` (N, d, d), ``trace_cov()`` (N,),
+    ``sample(m, rng)`` (m, N, d). N is the number of rows of ``xt`` (its batch dimensions are
+    flattened; ``batch_shape`` keeps them).
     """
 
-    prior: Gaussians
-    noised: Gaussians
-    alpha: float
-    sigma: float
+    dist: object
+    proc: Process
+    t: float
     xt: np.ndarray
     batch_shape: tuple
-    cov_kind: str
     method: str = "fast"
     _cache: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def coefficients(self):
+        return self.proc.at(np.float64(self.t))
+
+    @property
+    def alpha(self) -> float:
+        return float(self.coefficients.alpha)
+
+    @property
+    def sigma(self) -> float:
+        return float(self.coefficients.sigma)
+
+    @property
+    def prior(self) -> Gaussians:
+        return normal_form(self.dist)
+
+    @cached_property
+    def noised(self) -> Gaussians:
+        return noised_parts(self.dist, self.proc, self.t)
+
+    @property
+    def cov_kind(self) -> str:
+        return _kind(self.dist)
 
     @property
     def weights(self) -> np.ndarray:
         if "weights" not in self._cache:
-            module = _fast if self.method == "fast" else _dense
-            fn = module.responsibilities if module is _fast else (
-                lambda G, x: np.exp(_dense.log_responsibilities(G, x)))
-            self._cache["weights"] = fn(self.noised, self.xt)
+            if self.method == "fast":
+                w = _fast.responsibilities(self.noised, self.xt)
+            else:
+                w = np.exp(_reference.log_responsibilities(self.prior, self.xt, self.alpha, self.sigma))
+            self._cache["weights"] = w
         return self._cache["weights"]
 
     @cached_property
@@ -102,7 +123,7 @@ class Posterior:
     @property
     def means(self) -> np.ndarray:
         """Component posterior means, (N, K, d): mu_k + alpha Sigma_k C_k^{-1} (x_t - alpha mu_k)."""
-        return _dense.posterior_terms(self.noised, self.xt, self.prior, self.alpha)[1]
+        return _reference.posterior_terms(self.prior, self.xt, self.alpha, self.sigma)[1]
 
     @property
     def covs(self) -> np.ndarray:
@@ -117,22 +138,27 @@ class Posterior:
         """E[x0 | x_t], shape (N, d)."""
         if self.method == "fast":
             return _fast.posterior_mean(self.noised, self.xt, self.prior, self.alpha, self.sigma)
-        r, m = _dense.posterior_terms(self.noised, self.xt, self.prior, self.alpha)
-        return np.einsum("nk,nkd->nd", r, m)
+        return _reference.posterior_mean(self.prior, self.xt, self.alpha, self.sigma)
 
     def cov(self) -> np.ndarray:
         """Cov[x0 | x_t] by the law of total covariance, shape (N, d, d)."""
-        r, m = _dense.posterior_terms(self.noised, self.xt, self.prior, self.alpha)
+        r, m = _reference.posterior_terms(self.prior, self.xt, self.alpha, self.sigma)
         mean = np.einsum("nk,nkd->nd", r, m)
         c = m - mean[:, None, :]
         within = np.einsum("nk,kij->nij", r, self.prior.dense_covs(self._post_var))
         return within + np.einsum("nk,nki,nkj->nij", r, c, c)
+
+    def trace_cov(self) -> np.ndarray:
+        """tr Cov[x0 | x_t], shape (N,), without forming the (N, d, d) covariances."""
+        return _reference.posterior_trace_cov(self.prior, self.xt, self.alpha, self.sigma)
 
     def sample(self, m, rng: np.random.Generator) -> np.ndarray:
         """m exact draws of x0 for every row, shape (m, N, d): a component from ``weights``, then
         the Gaussian conditional of that component."""
         m = as_count(m, "m")
         rng = as_generator(rng)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("Posterior.sample draws NumPy arrays; pass a numpy.random.Generator")
         cdf = np.cumsum(self.weights, axis=1)
         cdf[:, -1] = 1.0  # the last bin absorbs the round-off of the cumulative sum
         u = rng.random((m, len(self.xt)))
@@ -161,27 +187,29 @@ class Posterior:
 
 
 def posterior(dist, proc: Process, t, xt, *, method: str = "fast") -> Posterior:
-    """Exact posterior p(x0 | x_t) at scalar time ``t`` for every row of ``xt`` (..., d).
+    """Exact posterior p(x0 | x_t) at scalar time ``t`` for every row of ``xt`` (..., d) (NumPy).
 
     Needs a density at x_t: for an ``Empirical`` target sigma(t) must be positive.
     """
-    proc = _check_process(proc)
-    t = _scalar_time(proc, t)
-    prior = _parts_of(dist)
-    x = as_points(xt, prior.dim, "xt")
+    proc = check_process(proc)
+    t = scalar_time(proc, t)
+    prior = normal_form(dist)
+    x = as_points(to_numpy(xt) if not is_numpy(namespace(xt)) else xt, prior.dim, "xt")
     flat = np.ascontiguousarray(x.reshape(-1, prior.dim))
-    kind = "iso" if isinstance(dist, Empirical) else dist.cov_kind
-    return Posterior(prior, noised_parts(dist, proc, t), float(proc.alpha(t)), float(proc.sigma(t)),
-                     flat, x.shape[:-1], kind, check_method(method))
+    post = Posterior(dist, proc, t, flat, x.shape[:-1], check_method(method))
+    post.noised  # noqa: B018 - fails early, naming t, where the law at t has no density
+    return post
 
 
 @dataclass(frozen=True, eq=False)
-class ExactScore:
+class ExactScore(AnalyticScore):
     """The exact score s(x, t) = grad_x log p_t(x) of ``dist`` noised by ``proc``, as a callable.
 
-    ``x`` is (..., d) and ``t`` broadcasts against ``x.shape[:-1]`` (rows sharing a time are
-    computed together). Besides ``__call__``: ``logpdf``, ``hessian`` (..., d, d), ``divergence``
-    (...), ``dt`` (the exact partial derivative in t at fixed x, (..., d)) and ``grad_divergence``.
+    ``x`` is (..., d) and ``t`` broadcasts against ``x.shape[:-1]`` (each row its own time; NumPy
+    or torch, dtype and device follow x, differentiable in x and t). Besides ``__call__``:
+    ``logpdf``, ``hessian`` (..., d, d), ``divergence`` (...), ``dt`` (the exact partial derivative in
+    t at fixed x, (..., d)) and ``grad_divergence``. ``method="fast"`` serves NumPy rows that share
+    one time through the BLAS + Numba path; everything else takes the reference path.
     """
 
     dist: object
@@ -189,66 +217,73 @@ class ExactScore:
     method: str = "fast"
 
     def __post_init__(self):
-        _parts_of(self.dist)
-        _check_process(self.proc)
+        normal_form(self.dist)
+        check_process(self.proc)
         check_method(self.method)
 
     @property
     def dim(self) -> int:
-        return _parts_of(self.dist).dim
+        return normal_form(self.dist).dim
 
-    def _by_time(self, x, t, fn, tail):
-        d = _parts_of(self.dist).dim
-        x = as_points(x, d)
-        t = np.broadcast_to(self.proc.check_t(t), x.shape[:-1])
-        flat_x = np.ascontiguousarray(x.reshape(-1, d))
-        times, group = np.unique(t.reshape(-1), return_inverse=True)
-        # rows sorted by time once, so each distinct time costs O(its rows), not O(N)
-        order = np.argsort(group, kind="stable")
-        bounds = np.searchsorted(group[order], np.arange(len(times) + 1))
-        out = None
-        for j, tj in enumerate(times):
-            rows = order[bounds[j]:bounds[j + 1]]
-            value = fn(noised_parts(self.dist, self.proc, float(tj)), flat_x[rows], float(tj))
-            if out is None:
-                out = np.empty((len(flat_x),) + value.shape[1:])
-            out[rows] = value
-        return out.reshape(x.shape[:-1] + tail)
+    def _evaluate(self, x, t, what: str, fast: bool = False):
+        """``what`` (a function of :mod:`._reference`, or of :mod:`._fast` when ``fast``) at the rows of x,
+        each at its own time; outputs keep x's batch dims (a tuple output, each of its parts)."""
+        xp = namespace(x, t)
+        d = self.dim
+        x = as_points(x, d, xp=xp)
+        lead = tuple(x.shape[:-1])
+        t = self.proc.check_t(as_array(t, "t", xp, like=x))
+        try:
+            t = xp.broadcast_to(t, lead)
+        except (ValueError, RuntimeError) as exc:
+            raise ValueError(f"t of shape {tuple(t.shape)} does not broadcast against x's rows {lead}") from exc
+        flat_x, flat_t = xp.reshape(x, (-1, d)), xp.reshape(t, (-1,))
+        if is_numpy(xp) and flat_t.size and bool(np.all(flat_t == flat_t[0])):
+            # one shared time: scalar coefficients, and the fast path where it exists
+            t0 = float(flat_t[0])
+            if fast and self.method == "fast":
+                out = getattr(_fast, what)(noised_parts(self.dist, self.proc, t0), np.ascontiguousarray(flat_x))
+                return out.reshape(lead + out.shape[1:])
+            c = self.proc.at(np.float64(t0))
+            coefs = tuple(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))
+        else:
+            c = self.proc.at(flat_t[:, None])
+            coefs = (c.alpha, c.sigma, c.dalpha, c.dsigma)
+        args = coefs if what == "dt_score" else coefs[:2]
+        out = getattr(_reference, what)(normal_form(self.dist).to(xp, like=flat_x), flat_x, *args)
+        if isinstance(out, tuple):
+            return tuple(xp.reshape(p, lead + tuple(p.shape[1:])) for p in out)
+        return xp.reshape(out, lead + tuple(out.shape[1:]))
 
     def __call__(self, x, t):
-        return self._by_time(x, t, lambda G, xs, _: evaluate(G, xs, "score", self.method, (G.dim,)),
-                             (self.dim,))
+        return self._evaluate(x, t, "score", fast=True)
 
     def logpdf(self, x, t):
         """log p_t(x), shape (...)."""
-        return self._by_time(x, t, lambda G, xs, _: evaluate(G, xs, "logpdf", self.method), ())
+        return self._evaluate(x, t, "logpdf", fast=True)
 
     def hessian(self, x, t):
         """Jacobian of the score (Hessian of log p_t), shape (..., d, d)."""
-        d = self.dim
-        return self._by_time(x, t, lambda G, xs, _: _dense.hessian(G, xs), (d, d))
+        return self._evaluate(x, t, "hessian")
 
     def divergence(self, x, t):
         """div_x s(x, t), shape (...)."""
-        return self._by_time(x, t, lambda G, xs, _: _dense.divergence(G, xs), ())
+        return self._evaluate(x, t, "divergence")
 
     def grad_divergence(self, x, t):
         """grad_x div_x s(x, t), shape (..., d)."""
-        return self._by_time(x, t, lambda G, xs, _: _dense.grad_divergence(G, xs)[1], (self.dim,))
+        return self._evaluate(x, t, "grad_divergence")[1]
 
     def dt(self, x, t):
         """Exact partial derivative d/dt s(x, t) at fixed x, shape (..., d).
 
         d/dt of the marginal: means alpha' mu_k, eigenvalues 2 alpha alpha' lam_k + 2 sigma sigma'.
         """
-        prior = _parts_of(self.dist)
+        return self._evaluate(x, t, "dt_score")
 
-        def fn(G, xs, tj):
-            a, da = float(self.proc.alpha(tj)), float(self.proc.dalpha(tj))
-            s, ds = float(self.proc.sigma(tj)), float(self.proc.dsigma(tj))
-            return _dense.dt_score(G, xs, da * prior.means, 2 * a * da * prior.var + 2 * s * ds)
-
-        return self._by_time(x, t, fn, (self.dim,))
+    def fpe_terms(self, x, t):
+        """(div s, grad div s, H s, H x, s) in one pass over x's rows, for the closed-form score-FPE."""
+        return self._evaluate(x, t, "grad_divergence")
 
 
 def exact_score(dist, proc: Process, *, method: str = "fast") -> ExactScore:

@@ -7,46 +7,48 @@ import numpy as np
 
 from ._io import atomic_path
 
-__all__ = ["plot_variance", "save_figure", "summary_markdown", "ROUND_OFF_FLOOR"]
+__all__ = ["plot_variance", "figure", "panels", "save_figure", "summary_markdown", "ROUND_OFF_FLOOR"]
 
 #: variance plots start at this fraction of the panel's maximum; below it values are round-off
 ROUND_OFF_FLOOR = 1e-12
 
 
 def save_figure(fig, path) -> str:
-    """Save a matplotlib figure as PNG atomically and close it; returns the path."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path, suffix=".png.tmp") as tmp:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    """Save a matplotlib figure as PNG atomically; returns the path."""
+    with atomic_path(path, suffix=".png.tmp") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return os.fspath(path)
 
 
-def _figure(n_panels: int, width: float = 4.2, height: float = 3.4):
-    import matplotlib
+def figure(nrows: int = 1, ncols: int = 1, figsize=(6.4, 4.8), **subplot_kw):
+    """A pyplot-free Agg figure (no global backend switch, nothing to close): (fig, axes (nrows, ncols))."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
 
+
+def panels(n_panels: int, width: float = 4.2, height: float = 3.4):
+    """(fig, flat list of axes) with up to 4 panels per row; unused axes hidden."""
     cols = min(n_panels, 4)
     rows = -(-n_panels // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = figure(rows, cols, figsize=(width * cols, height * rows))
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)
-    return fig, axes.flat
+    return fig, list(axes.flat)
 
 
 def plot_variance(ds, path, var: str = "V", weighting: str | None = None, title: str | None = None) -> str:
     """Log-scale V(t) per estimator, one panel per target, with +-2 standard-error bands.
 
-    ``weighting`` ("1", "sigma2", "g2") plots lambda(t) V(t) from ``V_weighted``.
+    ``weighting`` (a name on the ``weighting`` dimension, e.g. "song" for sigma^2, "likelihood" for g^2)
+    plots lambda(t) V(t) from ``V_weighted``.
     """
     data = ds["V_weighted"].sel(weighting=weighting) if weighting else ds[var]
     se = ds["V_se"] * (data / ds["V"]).fillna(0) if var == "V" else None
-    fig, axes = _figure(ds.sizes["target"])
+    fig, axes = panels(ds.sizes["target"])
     for ax, target in zip(axes, ds["target"].values):
         for est in ds["estimator"].values:
             y = data.sel(target=target, estimator=est).values
@@ -63,7 +65,8 @@ def plot_variance(ds, path, var: str = "V", weighting: str | None = None, title:
         ax.set_xlabel("t")
         ax.set_title(str(target), fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel({None: "V(t)", "1": "V(t)", "sigma2": r"$\sigma_t^2\,V(t)$", "g2": r"$g_t^2\,V(t)$"}[weighting])
+    labels = {"song": r"$\sigma_t^2\,V(t)$", "likelihood": r"$g_t^2\,V(t)$"}
+    axes[0].set_ylabel("V(t)" if weighting in (None, "uniform") else labels.get(weighting, f"{weighting}(t) V(t)"))
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)

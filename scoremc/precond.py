@@ -11,6 +11,10 @@ Both follow Karras' principles for a target N(0, sigma_data^2 I) and F = 0: (i) 
 c_in x_t has unit variance, (ii) the effective regression target (target - c_skip x_t) / c_out has
 unit variance, (iii) weight * c_out^2 = 1, (iv) c_skip minimises |c_out|.
 
+Everything is pure arithmetic written once for NumPy and torch: coefficients take the shape of the
+broadcast ``sigma``/``alpha`` (per-row (N, 1) in a training loop, so that they broadcast against
+(N, d)); ``Precond.output`` etc. multiply without reshaping.
+
 Conversions between the score s, the denoiser D (x0-prediction) and eps-prediction follow from
 Tweedie, alpha E[x0 | x_t] = x_t + sigma^2 grad log p_t(x_t), and x_t = alpha x0 + sigma eps:
 
@@ -20,50 +24,63 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from ._validation import as_float_array
+from ._array import namespace
+from ._validation import as_array, as_coefficient
 
 __all__ = ["Precond", "edm_precond", "tsm_precond", "denoiser_from_score", "score_from_denoiser",
-           "eps_from_score", "score_from_eps", "eps_from_denoiser", "denoiser_from_eps"]
+           "eps_from_score", "score_from_eps", "eps_from_denoiser", "denoiser_from_eps", "EDM_SIGMA_DATA"]
+
+#: Karras et al. (2022)'s data scale for CIFAR-10 in [-1, 1]: the default of the EDM preconditioning
+#: and loss weight (the data scale of a scoremc target is ``dist.sigma_data``)
+EDM_SIGMA_DATA = 0.5
 
 
 @dataclass(frozen=True, eq=False)
 class Precond:
-    """Preconditioning coefficients, each float64 shaped like the broadcast of the inputs.
+    """Preconditioning coefficients, each shaped like the broadcast of the inputs (NumPy or torch).
 
     ``space`` is what ``c_skip x + c_out F`` predicts: ``"x0"`` (denoiser) or ``"score"``;
-    ``weight`` is the loss weight in that space.
+    ``weight`` is the loss weight in that space. With per-row (N, 1) inputs the coefficients
+    broadcast against (N, d) directly.
     """
 
-    c_skip: np.ndarray
-    c_out: np.ndarray
-    c_in: np.ndarray
-    c_noise: np.ndarray
-    weight: np.ndarray
+    c_skip: object
+    c_out: object
+    c_in: object
+    c_noise: object
+    weight: object
     space: str
 
     def output(self, F, x):
-        """c_skip x + c_out F for network output ``F`` and input ``x``, both (..., d)."""
-        return self.c_skip[..., None] * x + self.c_out[..., None] * F
+        """c_skip x + c_out F for network output ``F`` and input ``x``."""
+        return self.c_skip * x + self.c_out * F
 
     def network_input(self, x):
-        """c_in x, shape (..., d)."""
-        return self.c_in[..., None] * x
+        """c_in x."""
+        return self.c_in * x
 
     def effective_target(self, target, x):
-        """(target - c_skip x) / c_out: what F itself regresses onto, shape (..., d)."""
-        return (target - self.c_skip[..., None] * x) / self.c_out[..., None]
+        """(target - c_skip x) / c_out: what F itself regresses onto."""
+        return (target - self.c_skip * x) / self.c_out
 
 
-def _check_pos(value, name):
-    arr = as_float_array(value, name)
-    if (arr <= 0).any():
-        raise ValueError(f"{name} must be positive, got {arr[arr <= 0].flat[0]}")
+def _positive(value, name, xp, like=None):
+    arr = as_array(value, name, xp, like=like)
+    if bool(xp.any(arr <= 0)):
+        raise ValueError(f"{name} must be positive, got {float(xp.reshape(arr[arr <= 0], (-1,))[0])}")
     return arr
 
 
-def edm_precond(sigma, sigma_data: float = 0.5, *, alpha=1.0) -> Precond:
+def _inputs(sigma, alpha, sigma_data):
+    xp = namespace(sigma, alpha)
+    sigma = _positive(sigma, "sigma", xp)
+    alpha = _positive(alpha, "alpha", xp, like=sigma)
+    sd = float(_positive(sigma_data, "sigma_data", namespace(sigma_data)))
+    S = sigma * sigma + alpha * alpha * sd * sd
+    return xp, sigma, alpha, sd, S
+
+
+def edm_precond(sigma, sigma_data: float = EDM_SIGMA_DATA, *, alpha=1.0) -> Precond:
     """EDM denoiser preconditioning (Karras et al. 2022, Table 1 / App. B.6, Eqs. 117, 131, 138, 144):
 
         c_skip = sigma_d^2 / (sigma^2 + sigma_d^2),   c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2),
@@ -76,13 +93,9 @@ def edm_precond(sigma, sigma_data: float = 0.5, *, alpha=1.0) -> Precond:
     conditioning on the effective noise level sigma / alpha; a convention, not derived).
     ``sigma`` and ``alpha`` broadcast; all positive.
     """
-    sigma = _check_pos(sigma, "sigma")
-    alpha = _check_pos(alpha, "alpha")
-    sd = float(_check_pos(sigma_data, "sigma_data"))
-    S = sigma * sigma + alpha * alpha * sd * sd
-    sigma, alpha, S = np.broadcast_arrays(sigma, alpha, S)
-    return Precond(c_skip=alpha * sd * sd / S, c_out=sigma * sd / np.sqrt(S), c_in=1.0 / np.sqrt(S),
-                   c_noise=0.25 * np.log(sigma / alpha), weight=S / (sigma * sd) ** 2, space="x0")
+    xp, sigma, alpha, sd, S = _inputs(sigma, alpha, sigma_data)
+    return Precond(c_skip=alpha * sd * sd / S, c_out=sigma * sd / xp.sqrt(S), c_in=1.0 / xp.sqrt(S),
+                   c_noise=0.25 * xp.log(sigma / alpha), weight=S / (sigma * sd) ** 2, space="x0")
 
 
 def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
@@ -98,44 +111,41 @@ def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
     c_out' = -(alpha sigma_d)^2 c_out, c_skip' = -(alpha sigma_d)^2 c_skip.
     c_noise = ln(sigma / alpha) / 4 (as :func:`edm_precond`; TSM conditions F on sigma).
     """
-    sigma = _check_pos(sigma, "sigma")
-    alpha = _check_pos(alpha, "alpha")
-    sd = float(_check_pos(sigma_data, "sigma_data"))
-    S = sigma * sigma + alpha * alpha * sd * sd
-    sigma, alpha, S = np.broadcast_arrays(sigma, alpha, S)
-    return Precond(c_skip=-1.0 / S, c_out=-sigma / (alpha * sd * np.sqrt(S)), c_in=1.0 / np.sqrt(S),
-                   c_noise=0.25 * np.log(sigma / alpha), weight=(alpha * sd) ** 2 * S / sigma**2, space="score")
+    xp, sigma, alpha, sd, S = _inputs(sigma, alpha, sigma_data)
+    return Precond(c_skip=-1.0 / S, c_out=-sigma / (alpha * sd * xp.sqrt(S)), c_in=1.0 / xp.sqrt(S),
+                   c_noise=0.25 * xp.log(sigma / alpha), weight=(alpha * sd) ** 2 * S / sigma**2, space="score")
 
 
-def _coef(v):
-    return np.asarray(v, dtype=np.float64)[..., None]
+def _coef(value, name, like):
+    return as_coefficient(value, name, like)
 
 
 def denoiser_from_score(s, x, alpha, sigma):
-    """D = (x + sigma^2 s) / alpha (Tweedie; TSM §1.2). ``s``, ``x`` (..., d); alpha, sigma (...)."""
-    return (x + _coef(sigma) ** 2 * s) / _coef(alpha)
+    """D = (x + sigma^2 s) / alpha (Tweedie; TSM §1.2). ``s``, ``x`` (..., d); alpha, sigma scalars or
+    per-row (..., 1)."""
+    return (x + _coef(sigma, "sigma", x) ** 2 * s) / _coef(alpha, "alpha", x)
 
 
 def score_from_denoiser(D, x, alpha, sigma):
     """s = (alpha D - x) / sigma^2 (inverse of :func:`denoiser_from_score`)."""
-    return (_coef(alpha) * D - x) / _coef(sigma) ** 2
+    return (_coef(alpha, "alpha", x) * D - x) / _coef(sigma, "sigma", x) ** 2
 
 
 def eps_from_score(s, sigma):
     """eps_hat = -sigma s (since grad log p(x_t | x0) = -eps / sigma)."""
-    return -_coef(sigma) * s
+    return -_coef(sigma, "sigma", s) * s
 
 
 def score_from_eps(eps_hat, sigma):
     """s = -eps_hat / sigma."""
-    return -eps_hat / _coef(sigma)
+    return -eps_hat / _coef(sigma, "sigma", eps_hat)
 
 
 def eps_from_denoiser(D, x, alpha, sigma):
     """eps_hat = (x - alpha D) / sigma."""
-    return (x - _coef(alpha) * D) / _coef(sigma)
+    return (x - _coef(alpha, "alpha", x) * D) / _coef(sigma, "sigma", x)
 
 
 def denoiser_from_eps(eps_hat, x, alpha, sigma):
     """D = (x - sigma eps_hat) / alpha."""
-    return (x - _coef(sigma) * eps_hat) / _coef(alpha)
+    return (x - _coef(sigma, "sigma", x) * eps_hat) / _coef(alpha, "alpha", x)

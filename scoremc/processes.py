@@ -1,4 +1,5 @@
-"""Forward noising processes ``x_t = alpha(t) x0 + sigma(t) eps`` (SEEDS_SPEC §0).
+"""Forward noising processes ``x_t = alpha(t) x0 + sigma(t) eps`` (Song et al. 2021; the kernels
+of all four seed papers).
 
 Every process is a frozen dataclass deriving from :class:`Process`, which fixes the contract:
 ``alpha``, ``sigma``, their exact t-derivatives, ``log_snr``, the SDE coefficients
@@ -9,32 +10,38 @@ log-SNR back to ``t``. The SDE ``dx = f x dt + g dw`` has exactly the perturbati
     f = d log(alpha)/dt,      g^2 = d(sigma^2)/dt - 2 f sigma^2,
 
 which every process here satisfies (checked symbolically in ``reference/derive.py`` and
-numerically in ``tests/test_processes.py``). All methods are vectorised over ``t`` and return
-float64 arrays shaped like ``t`` (a NumPy scalar for scalar ``t``); ``t`` outside the process's
-domain raises ``ValueError``.
+numerically in ``tests/test_processes.py``).
+
+One formula, two array libraries: every method takes ``t`` as a NumPy array (computed in float64)
+or a torch tensor (its dtype and device; autograd flows through) and returns the same kind,
+shaped like ``t`` (a NumPy scalar for scalar NumPy ``t``). ``proc.at(t)`` bundles the coefficients
+a formula needs as :class:`Coefficients`; training formulas take them per row, shape (N, 1).
+``t`` outside the process's domain raises ``ValueError``; nothing is clipped.
 """
 from __future__ import annotations
 
 import abc
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from ._validation import as_float_array, as_count
+from ._array import is_numpy, namespace
+from ._validation import as_array
 
-__all__ = ["Process", "VE", "VP", "SubVP", "Cosine", "EDM", "karras_sigmas", "PROCESSES"]
+__all__ = ["Process", "Coefficients", "VE", "VP", "SubVP", "Cosine", "EDM", "PROCESSES"]
 
 
-def _out(arr: np.ndarray):
-    return arr[()] if arr.ndim == 0 else arr
+def _out(arr):
+    return arr[()] if isinstance(arr, np.ndarray) and arr.ndim == 0 else arr
 
 
 class Process(abc.ABC):
     """Abstract linear-Gaussian forward process; concrete subclasses are final frozen dataclasses.
 
-    Subclasses implement the ``_``-prefixed formulas on validated float64 arrays; the public
-    methods validate ``t`` once and never clip it.
+    Subclasses implement the ``_``-prefixed formulas on validated arrays of the namespace ``xp``;
+    the public methods validate ``t`` once and never clip it.
     """
 
     #: closed interval ``[t_min, t_max]`` of valid times (``t_max`` may be ``inf``)
@@ -46,116 +53,180 @@ class Process(abc.ABC):
     def t_max(self) -> float:
         """Largest valid time (excluded when ``t_max_open``)."""
 
-    # -- formulas on validated arrays -------------------------------------------------------
+    # -- formulas on validated arrays of namespace xp ----------------------------------------
     @abc.abstractmethod
-    def _log_alpha(self, t): ...
+    def _log_alpha(self, t, xp): ...
 
     @abc.abstractmethod
-    def _dlog_alpha(self, t):
+    def _dlog_alpha(self, t, xp):
         """f(t) = d log alpha / dt."""
 
     @abc.abstractmethod
-    def _sigma(self, t): ...
+    def _sigma(self, t, xp): ...
 
     @abc.abstractmethod
-    def _dsigma(self, t): ...
+    def _dsigma(self, t, xp): ...
 
     @abc.abstractmethod
-    def _g2(self, t):
+    def _g2(self, t, xp):
         """Closed form of g(t)^2 = d(sigma^2)/dt - 2 f sigma^2."""
 
     @abc.abstractmethod
-    def _t_from_log_snr(self, lam): ...
+    def _t_from_log_snr(self, lam, xp): ...
+
+    def _t_from_sigma(self, s, xp):
+        return self._t_from_log_snr(self._log_snr_from_sigma(s, xp), xp)
+
+    def _log_snr_from_sigma(self, s, xp):  # pragma: no cover - every process overrides one of the two
+        raise NotImplementedError
 
     # -- validation ---------------------------------------------------------------------------
-    def check_t(self, t, name: str = "t") -> np.ndarray:
-        """Return ``t`` as float64, raising ``ValueError`` if any entry is outside the domain."""
-        t = as_float_array(t, name)
+    def inside(self, t):
+        """Boolean mask of times inside the domain (no validation, any namespace)."""
         above = (t >= self.t_max) if self.t_max_open else (t > self.t_max)
-        bad = (t < self.t_min) | above
-        if bad.any():
+        return (t >= self.t_min) & ~above
+
+    def check_t(self, t, name: str = "t"):
+        """``t`` as a validated array (float64 for NumPy), raising ``ValueError`` if any entry is
+        outside the domain."""
+        t = as_array(t, name)
+        xp = namespace(t)
+        bad = ~self.inside(t)
+        if bool(xp.any(bad)):
             close = ")" if self.t_max_open else "]"
-            raise ValueError(f"{name}={t[bad].flat[0]} is outside the domain of {self!r}: "
+            raise ValueError(f"{name}={float(xp.reshape(t[bad], (-1,))[0])} is outside the domain of {self!r}: "
                              f"[{self.t_min}, {self.t_max}{close}")
         return t
 
+    def _checked(self, t, name="t"):
+        t = self.check_t(t, name)
+        return t, namespace(t)
+
     # -- public, vectorised API ---------------------------------------------------------------
+    def at(self, t) -> "Coefficients":
+        """The coefficients at (validated) times ``t``, each shaped like ``t``."""
+        return Coefficients(self, self.check_t(t))
+
     def alpha(self, t):
         """Mean coefficient alpha(t) of the kernel N(alpha x0, sigma^2 I)."""
-        return _out(np.exp(self._log_alpha(self.check_t(t))))
+        t, xp = self._checked(t)
+        return _out(xp.exp(self._log_alpha(t, xp)))
 
     def sigma(self, t):
         """Kernel standard deviation sigma(t)."""
-        return _out(self._sigma(self.check_t(t)))
+        t, xp = self._checked(t)
+        return _out(self._sigma(t, xp))
 
     def dalpha(self, t):
         """Exact d alpha / dt."""
-        t = self.check_t(t)
-        return _out(np.exp(self._log_alpha(t)) * self._dlog_alpha(t))
+        t, xp = self._checked(t)
+        return _out(xp.exp(self._log_alpha(t, xp)) * self._dlog_alpha(t, xp))
 
     def dsigma(self, t):
         """Exact d sigma / dt (``inf`` where sigma vanishes like sqrt(t), e.g. VP at t=0)."""
+        t, xp = self._checked(t)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return _out(self._dsigma(self.check_t(t)))
+            return _out(self._dsigma(t, xp))
 
     def log_snr(self, t):
         """log(alpha^2 / sigma^2), strictly decreasing in t for every process here."""
-        t = self.check_t(t)
+        t, xp = self._checked(t)
         with np.errstate(divide="ignore"):
-            return _out(2.0 * (self._log_alpha(t) - np.log(self._sigma(t))))
+            return _out(2.0 * (self._log_alpha(t, xp) - xp.log(self._sigma(t, xp))))
 
     def drift_coef(self, t):
         """f(t) = d log alpha / dt; the drift is ``f(t) * x``."""
-        return _out(self._dlog_alpha(self.check_t(t)))
+        t, xp = self._checked(t)
+        return _out(self._dlog_alpha(t, xp))
 
     def drift(self, x, t):
         """Drift f(x, t) = f(t) x of the forward SDE; ``t`` broadcasts against ``x.shape[:-1]``."""
-        x = as_float_array(x, "x", min_ndim=1)
-        return np.asarray(self.drift_coef(t))[..., None] * x
+        xp = namespace(x, t)
+        x = as_array(x, "x", xp, min_ndim=1)
+        f = self.drift_coef(as_array(t, "t", xp, like=x))
+        return xp.asarray(f)[..., None] * x
 
     def g2(self, t):
         """Squared diffusion g(t)^2 = d(sigma^2)/dt - 2 f(t) sigma(t)^2 (closed form)."""
-        return _out(self._g2(self.check_t(t)))
+        t, xp = self._checked(t)
+        return _out(self._g2(t, xp))
 
     def diffusion(self, t):
         """Diffusion coefficient g(t) of the forward SDE ``dx = f x dt + g dw``."""
-        return _out(np.sqrt(self._g2(self.check_t(t))))
+        t, xp = self._checked(t)
+        return _out(xp.sqrt(self._g2(t, xp)))
 
     def t_from_log_snr(self, log_snr):
         """Inverse of :meth:`log_snr`; raises ``ValueError`` for values no valid t attains."""
-        lam = as_float_array(log_snr, "log_snr")
+        lam = as_array(log_snr, "log_snr")
+        xp = namespace(lam)
         with np.errstate(divide="ignore", over="ignore"):
-            t = self._t_from_log_snr(lam)
-        return _out(self._checked_inverse(t, lam, "log_snr"))
+            t = self._t_from_log_snr(lam, xp)
+        return _out(self._checked_inverse(t, lam, "log_snr", xp))
 
     def t_from_sigma(self, sigma):
         """Inverse of :meth:`sigma` (monotone for every process here)."""
-        s = as_float_array(sigma, "sigma")
-        if (s <= 0).any():
-            raise ValueError(f"sigma must be positive, got {s[s <= 0].flat[0]}")
+        s = as_array(sigma, "sigma")
+        xp = namespace(s)
+        if bool(xp.any(s <= 0)):
+            raise ValueError(f"sigma must be positive, got {float(xp.reshape(s[s <= 0], (-1,))[0])}")
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = self._t_from_sigma(s)
-        return _out(self._checked_inverse(t, s, "sigma"))
+            t = self._t_from_sigma(s, xp)
+        return _out(self._checked_inverse(t, s, "sigma", xp))
 
-    def _t_from_sigma(self, s):
-        return self._t_from_log_snr(self._log_snr_from_sigma(s))
-
-    def _log_snr_from_sigma(self, s):  # pragma: no cover - every process overrides one of the two
-        raise NotImplementedError
-
-    def _checked_inverse(self, t, value, name):
+    def _checked_inverse(self, t, value, name, xp):
         # the inverse of a value computed at a closed endpoint can land a few ulps outside it
         # (e.g. VE log_snr(0) round-trips to -6e-17): that is round-off, so it maps to the endpoint;
         # anything further out is an error, never clipped
-        tol = 64 * np.finfo(np.float64).eps
-        t = np.where((t < self.t_min) & (t >= self.t_min - tol), self.t_min, t)
+        tol = 64 * float(xp.finfo(t.dtype).eps)
+        t = xp.where((t < self.t_min) & (t >= self.t_min - tol), xp.full_like(t, self.t_min), t)
         if not self.t_max_open:
-            t = np.where((t > self.t_max) & (t <= self.t_max + tol * max(1.0, self.t_max)), self.t_max, t)
-        above = (t >= self.t_max) if self.t_max_open else (t > self.t_max)
-        bad = ~np.isfinite(t) | (t < self.t_min) | above
-        if bad.any():
-            raise ValueError(f"{name}={value[bad].flat[0]} is not attained by {self!r} on its domain")
+            top = self.t_max + tol * max(1.0, self.t_max)
+            t = xp.where((t > self.t_max) & (t <= top), xp.full_like(t, self.t_max), t)
+        bad = ~xp.isfinite(t) | ~self.inside(t)
+        if bool(xp.any(bad)):
+            raise ValueError(f"{name}={float(xp.reshape(value[bad], (-1,))[0])} is not attained by {self!r} "
+                             "on its domain")
         return t
+
+
+@dataclass(frozen=True, eq=False)
+class Coefficients:
+    """The coefficients of ``process`` at validated times ``t``, each an array shaped like ``t``
+    (per-row (N, 1) in training formulas), computed on first use: ``alpha``, ``sigma``, ``g2``,
+    ``f`` (drift coefficient), ``dalpha``, ``dsigma``. Namespace, dtype and device are those of ``t``."""
+
+    process: Process
+    t: object
+
+    @property
+    def xp(self):
+        return namespace(self.t)
+
+    @cached_property
+    def alpha(self):
+        return self.xp.exp(self.process._log_alpha(self.t, self.xp))
+
+    @cached_property
+    def sigma(self):
+        return self.process._sigma(self.t, self.xp)
+
+    @cached_property
+    def g2(self):
+        return self.process._g2(self.t, self.xp)
+
+    @cached_property
+    def f(self):
+        return self.process._dlog_alpha(self.t, self.xp)
+
+    @cached_property
+    def dalpha(self):
+        return self.alpha * self.f
+
+    @cached_property
+    def dsigma(self):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.process._dsigma(self.t, self.xp)
 
 
 @dataclass(frozen=True)
@@ -163,7 +234,7 @@ class VE(Process):
     """Variance-exploding SDE (SMLD): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
 
     Uses sigma(t) itself as the kernel std, as the public code of Song et al. (2021) and the
-    seed papers do (SEEDS_SPEC §0), so g^2 = d sigma^2/dt = 2 sigma^2 ln(sigma_max/sigma_min).
+    seed papers do, so g^2 = d sigma^2/dt = 2 sigma^2 ln(sigma_max/sigma_min).
     """
 
     sigma_min: float = 0.01
@@ -179,34 +250,34 @@ class VE(Process):
     def _log_ratio(self):
         return math.log(self.sigma_max / self.sigma_min)
 
-    def _log_alpha(self, t):
-        return np.zeros_like(t)
+    def _log_alpha(self, t, xp):
+        return xp.zeros_like(t)
 
-    def _dlog_alpha(self, t):
-        return np.zeros_like(t)
+    def _dlog_alpha(self, t, xp):
+        return xp.zeros_like(t)
 
-    def _sigma(self, t):
-        return self.sigma_min * np.exp(t * self._log_ratio)
+    def _sigma(self, t, xp):
+        return self.sigma_min * xp.exp(t * self._log_ratio)
 
-    def _dsigma(self, t):
-        return self._sigma(t) * self._log_ratio
+    def _dsigma(self, t, xp):
+        return self._sigma(t, xp) * self._log_ratio
 
-    def _g2(self, t):
-        return 2.0 * self._log_ratio * self._sigma(t) ** 2
+    def _g2(self, t, xp):
+        return 2.0 * self._log_ratio * self._sigma(t, xp) ** 2
 
-    def _t_from_sigma(self, s):
-        return np.log(s / self.sigma_min) / self._log_ratio
+    def _t_from_sigma(self, s, xp):
+        return xp.log(s / self.sigma_min) / self._log_ratio
 
-    def _t_from_log_snr(self, lam):
-        return self._t_from_sigma(np.exp(-0.5 * lam))
+    def _t_from_log_snr(self, lam, xp):
+        return self._t_from_sigma(xp.exp(-0.5 * lam), xp)
 
 
-def _vp_t_from_minus_log_alpha(L, beta_min, beta_max):
+def _vp_t_from_minus_log_alpha(L, beta_min, beta_max, xp):
     # Solves (beta_max-beta_min)/4 t^2 + beta_min/2 t = L in the cancellation-free form
     # t = 2L / (b + sqrt(b^2 + 4aL)), valid also when beta_max == beta_min.
     a = 0.25 * (beta_max - beta_min)
     b = 0.5 * beta_min
-    return 2.0 * L / (b + np.sqrt(b * b + 4.0 * a * L))
+    return 2.0 * L / (b + xp.sqrt(b * b + 4.0 * a * L))
 
 
 class _LinearBeta(Process):
@@ -225,44 +296,44 @@ class _LinearBeta(Process):
 
     def beta(self, t):
         """The SDE's beta(t) (not STF App. A's log-mean coefficient, FLAG-S10)."""
-        return _out(self._beta(self.check_t(t)))
+        t, xp = self._checked(t)
+        return _out(self._beta(t))
 
     def _beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def _log_alpha(self, t):
+    def _log_alpha(self, t, xp):
         return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
-    def _dlog_alpha(self, t):
+    def _dlog_alpha(self, t, xp):
         return -0.5 * self._beta(t)
-
 
 
 @dataclass(frozen=True)
 class VP(_LinearBeta):
     """Variance-preserving SDE (DDPM): alpha as :class:`_LinearBeta`, sigma = sqrt(1 - alpha^2),
-    g^2 = beta (SEEDS_SPEC §0; Song et al. 2021)."""
+    g^2 = beta (Song et al. 2021)."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
 
-    def _sigma(self, t):
+    def _sigma(self, t, xp):
         # 1 - alpha^2 through expm1 so that small t keeps full relative precision
-        return np.sqrt(-np.expm1(2.0 * self._log_alpha(t)))
+        return xp.sqrt(-xp.expm1(2.0 * self._log_alpha(t, xp)))
 
-    def _dsigma(self, t):
-        return np.exp(2.0 * self._log_alpha(t)) * 0.5 * self._beta(t) / self._sigma(t)
+    def _dsigma(self, t, xp):
+        return xp.exp(2.0 * self._log_alpha(t, xp)) * 0.5 * self._beta(t) / self._sigma(t, xp)
 
-    def _g2(self, t):
+    def _g2(self, t, xp):
         return self._beta(t)
 
-    def _log_snr_from_sigma(self, s):
-        return np.log1p(-s * s) - 2.0 * np.log(s)
+    def _log_snr_from_sigma(self, s, xp):
+        return xp.log1p(-s * s) - 2.0 * xp.log(s)
 
-    def _t_from_log_snr(self, lam):
+    def _t_from_log_snr(self, lam, xp):
         # alpha^2 = sigmoid(lam)  =>  -log alpha = log1p(exp(-lam)) / 2
-        L = 0.5 * np.logaddexp(0.0, -lam)
-        return _vp_t_from_minus_log_alpha(L, self.beta_min, self.beta_max)
+        L = 0.5 * xp.logaddexp(xp.zeros_like(lam), -lam)
+        return _vp_t_from_minus_log_alpha(L, self.beta_min, self.beta_max, xp)
 
 
 @dataclass(frozen=True)
@@ -273,24 +344,24 @@ class SubVP(_LinearBeta):
     beta_min: float = 0.1
     beta_max: float = 20.0
 
-    def _sigma(self, t):
-        return -np.expm1(2.0 * self._log_alpha(t))
+    def _sigma(self, t, xp):
+        return -xp.expm1(2.0 * self._log_alpha(t, xp))
 
-    def _dsigma(self, t):
-        return np.exp(2.0 * self._log_alpha(t)) * self._beta(t)
+    def _dsigma(self, t, xp):
+        return xp.exp(2.0 * self._log_alpha(t, xp)) * self._beta(t)
 
-    def _g2(self, t):
-        return self._beta(t) * -np.expm1(4.0 * self._log_alpha(t))
+    def _g2(self, t, xp):
+        return self._beta(t) * -xp.expm1(4.0 * self._log_alpha(t, xp))
 
-    def _t_from_sigma(self, s):
+    def _t_from_sigma(self, s, xp):
         # alpha^2 = 1 - sigma
-        return _vp_t_from_minus_log_alpha(-0.5 * np.log1p(-s), self.beta_min, self.beta_max)
+        return _vp_t_from_minus_log_alpha(-0.5 * xp.log1p(-s), self.beta_min, self.beta_max, xp)
 
-    def _t_from_log_snr(self, lam):
+    def _t_from_log_snr(self, lam, xp):
         # sigma = 1 - alpha^2 solves e^lam sigma^2 + sigma - 1 = 0; the positive root in the
         # form without cancellation is 2 / (1 + sqrt(1 + 4 e^lam))
-        s = 2.0 / (1.0 + np.sqrt(1.0 + 4.0 * np.exp(lam)))
-        return self._t_from_sigma(s)
+        s = 2.0 / (1.0 + xp.sqrt(1.0 + 4.0 * xp.exp(lam)))
+        return self._t_from_sigma(s, xp)
 
 
 @dataclass(frozen=True)
@@ -301,27 +372,27 @@ class Cosine(Process):
     t_max = 1.0
     t_max_open = True
 
-    def _log_alpha(self, t):
+    def _log_alpha(self, t, xp):
         with np.errstate(divide="ignore"):
-            return np.log(np.cos(0.5 * np.pi * t))
+            return xp.log(xp.cos(0.5 * math.pi * t))
 
-    def _dlog_alpha(self, t):
-        return -0.5 * np.pi * np.tan(0.5 * np.pi * t)
+    def _dlog_alpha(self, t, xp):
+        return -0.5 * math.pi * xp.tan(0.5 * math.pi * t)
 
-    def _sigma(self, t):
-        return np.sin(0.5 * np.pi * t)
+    def _sigma(self, t, xp):
+        return xp.sin(0.5 * math.pi * t)
 
-    def _dsigma(self, t):
-        return 0.5 * np.pi * np.cos(0.5 * np.pi * t)
+    def _dsigma(self, t, xp):
+        return 0.5 * math.pi * xp.cos(0.5 * math.pi * t)
 
-    def _g2(self, t):
-        return np.pi * np.tan(0.5 * np.pi * t)
+    def _g2(self, t, xp):
+        return math.pi * xp.tan(0.5 * math.pi * t)
 
-    def _t_from_sigma(self, s):
-        return np.arcsin(np.where(s <= 1.0, s, np.nan)) / (0.5 * np.pi)
+    def _t_from_sigma(self, s, xp):
+        return xp.asin(xp.where(s <= 1.0, s, xp.full_like(s, math.nan))) / (0.5 * math.pi)
 
-    def _t_from_log_snr(self, lam):
-        return np.arctan(np.exp(-0.5 * lam)) / (0.5 * np.pi)
+    def _t_from_log_snr(self, lam, xp):
+        return xp.atan(xp.exp(-0.5 * lam)) / (0.5 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -329,42 +400,41 @@ class EDM(Process):
     """EDM (Karras et al. 2022): alpha = 1, sigma(t) = t, so t *is* the noise level;
     f = 0, g^2 = 2t. Domain [0, inf).
 
-    ``sigma_min``, ``sigma_max``, ``rho`` describe the Karras sampling grid (see
-    :meth:`karras_sigma` and :func:`karras_sigmas`) and ``sigma_data`` the data scale used by the
-    preconditioning; training draws ``ln sigma ~ N(P_mean, P_std^2)``.
+    ``sigma_min``, ``sigma_max`` and ``rho`` describe the Karras sampling grid
+    (:meth:`karras_sigma`, :func:`scoremc.karras_sigmas`); training draws ln sigma ~ N(P_mean, P_std^2)
+    (:func:`scoremc.lognormal_sigmas`).
     """
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    sigma_data: float = 0.5
     rho: float = 7.0
 
     def __post_init__(self):
-        if not (0 < self.sigma_min < self.sigma_max < math.inf) or self.rho <= 0 or self.sigma_data <= 0:
-            raise ValueError(f"EDM needs 0 < sigma_min < sigma_max < inf, rho > 0, sigma_data > 0; got {self!r}")
+        if not (0 < self.sigma_min < self.sigma_max < math.inf) or not self.rho > 0:
+            raise ValueError(f"EDM needs 0 < sigma_min < sigma_max < inf and rho > 0; got {self!r}")
 
     t_max = math.inf
 
-    def _log_alpha(self, t):
-        return np.zeros_like(t)
+    def _log_alpha(self, t, xp):
+        return xp.zeros_like(t)
 
-    def _dlog_alpha(self, t):
-        return np.zeros_like(t)
+    def _dlog_alpha(self, t, xp):
+        return xp.zeros_like(t)
 
-    def _sigma(self, t):
-        return t.copy()
+    def _sigma(self, t, xp):
+        return 1.0 * t
 
-    def _dsigma(self, t):
-        return np.ones_like(t)
+    def _dsigma(self, t, xp):
+        return xp.ones_like(t)
 
-    def _g2(self, t):
+    def _g2(self, t, xp):
         return 2.0 * t
 
-    def _t_from_sigma(self, s):
-        return s
+    def _t_from_sigma(self, s, xp):
+        return 1.0 * s
 
-    def _t_from_log_snr(self, lam):
-        return np.exp(-0.5 * lam)
+    def _t_from_log_snr(self, lam, xp):
+        return xp.exp(-0.5 * lam)
 
     def karras_sigma(self, u):
         """Karras' schedule on u in [0, 1]: (u sigma_max^(1/rho) + (1-u) sigma_min^(1/rho))^rho.
@@ -372,22 +442,12 @@ class EDM(Process):
         This is the corrected form of STF App. A, which prints the inner exponent as rho
         instead of 1/rho (FLAG-S1; ``reference/ERRATA.md``). u=0 gives sigma_min, u=1 sigma_max.
         """
-        u = as_float_array(u, "u")
-        if ((u < 0) | (u > 1)).any():
-            raise ValueError(f"u must lie in [0, 1], got {u[(u < 0) | (u > 1)].flat[0]}")
+        u = as_array(u, "u")
+        xp = namespace(u)
+        if bool(xp.any((u < 0) | (u > 1))):
+            raise ValueError(f"u must lie in [0, 1], got {float(xp.reshape(u[(u < 0) | (u > 1)], (-1,))[0])}")
         a, b = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         return _out((u * b + (1 - u) * a) ** self.rho)
-
-
-def karras_sigmas(n, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> np.ndarray:
-    """Karras et al. (2022) Eq. 5 sampling grid, decreasing from sigma_max to sigma_min.
-
-    sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
-    i = 0..n-1 (FLAG-S1 for the exponent). Returns shape ``(n,)`` float64 (no trailing zero).
-    """
-    n = as_count(n, "n", minimum=2)
-    edm = EDM(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    return np.asarray(edm.karras_sigma(1.0 - np.arange(n) / (n - 1)))
 
 
 #: one default instance of each process, for parametrised tests and sweeps

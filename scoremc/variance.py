@@ -1,163 +1,199 @@
-"""Variance of the score identities at one noise level (STF Eq. 4, Theorem 2; TSM App. C).
+"""Variance of score estimators by noise level: sweeps over noise levels, estimators and targets, as an
+``xarray.Dataset``.
 
-For an identity with integrand L and a time t,
-
-    V(t) = E_{x_t ~ p_t} tr Cov_{x0 ~ p(x0 | x_t)} L(x0, x_t, t)          (STF Eq. 4)
-
-is the average posterior trace-covariance: the variance per posterior sample of the Monte Carlo
-score estimator, and the irreducible part of the regression loss. :func:`time_slice` computes it
-on a batch of x_t ~ p_t (outer Monte Carlo, with a standard error) with the inner expectation
-
-* exact (Rao-Blackwellised from the posterior's closed-form moments) where L is affine in x0:
-  DSI always, and TSI / fixed-weight mixtures / the optimal mixture for a one-component
-  Gaussian target (the setting of TSM App. C);
-* by nested Monte Carlo otherwise (TSI and mixtures on multi-component targets, STF), with the
-  unbiased sample trace-variance of ``n_inner`` draws per x_t.
-
-It also returns the f-divergence D(t) of STF §6.1 in Theorem 2's argument order (FLAG-S6),
-the corrected leading term of Theorem 2 (FLAG-S4/S5) and, for STF, the squared bias
-|E v(x_t) - grad log p_t(x_t)|^2 (STF Eq. 7 is biased for finite n_ref).
+:func:`variance` evaluates :func:`scoremc.variance_slice.variance_at` for every (target, t) pair. The
+pairs are independent, so they run as dask tasks: in-process by default
+(``scheduler="synchronous"``), or on local threads/processes, or on a dask.distributed cluster
+given by its address. Each task draws from its own ``numpy.random.SeedSequence`` keyed by
+(seed, target index, t index), so the result does not depend on the scheduler, the number of
+workers or the order of execution, and all estimators at one (target, t) share the same x_t
+(common random numbers make their differences far less noisy than their values).
 """
 from __future__ import annotations
 
+import datetime
+import os
+import sys
+from collections.abc import Mapping
+
 import numpy as np
 
-from . import _dense, _fast
-from .identities import DSI, STF, TSI, Identity, Mix, integrand_samples
-from .noising import noised_parts, noised_sample, posterior
-from .targets import GaussianMixture, _parts_of
+from ._io import atomic_path
+from ._validation import as_count, as_float_array, check_process
+from .distributions import normal_form
+from .identities import Identity
+from .variance_slice import variance_at
+from .weighting import Likelihood, SigmaSquared, Uniform, Weighting
 
-__all__ = ["time_slice", "f_stf", "log_f_stf", "exact_available"]
+__all__ = ["variance", "save_dataset", "DEFAULT_WEIGHTINGS"]
+
+#: lambda(t) of the weighted variants: 1, sigma^2 (Song et al.), g^2 (likelihood weighting)
+DEFAULT_WEIGHTINGS = (Uniform(), SigmaSquared(), Likelihood())
 
 
-def log_f_stf(log_y: np.ndarray) -> np.ndarray:
-    """log f(y) for Theorem 2's convex f: f(y) = (1/y - 1)^2 for y < 1.5, 8y/27 - 1/3 for y >= 1.5.
+def _task(identities, dist, proc, t, kwargs, seed_key):
+    rng = np.random.default_rng(np.random.SeedSequence(kwargs["seed"], spawn_key=seed_key))
+    return variance_at(identities, dist, proc, t, n_outer=kwargs["n_outer"], n_inner=kwargs["n_inner"], rng=rng,
+                       exact=kwargs["exact"], f_divergence=kwargs["f_divergence"])
 
-    Evaluated from log y so that posterior/prior ratios of 1e+-300 and beyond stay finite.
+
+def _as_targets(dist) -> dict:
+    if isinstance(dist, Mapping):
+        if not dist:
+            raise ValueError("dist must hold at least one target")
+        for name, d in dist.items():
+            normal_form(d)
+        return dict(dist)
+    normal_form(dist)
+    return {repr(dist): dist}
+
+
+def _as_identities(identity) -> list:
+    ids = [identity] if isinstance(identity, Identity) else list(identity)
+    if not ids:
+        raise ValueError("identity must name at least one estimator")
+    for i in ids:
+        if not isinstance(i, Identity):
+            raise TypeError(f"identity must be DSI(), TSI(), Mix(w), OptimalMix() or STF(n_ref), got {type(i).__name__}")
+    names = [i.name for i in ids]
+    if len(set(names)) != len(names):
+        raise ValueError(f"estimators must be distinct, got {names}")
+    return ids
+
+
+def _run(tasks, scheduler, num_workers, progress):
+    """Compute dask delayed tasks; a tqdm bar (quiet when not a TTY) for local schedulers."""
+    import dask
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    if scheduler is not None and "://" in str(scheduler):
+        from distributed import Client  # an existing cluster, by address
+
+        with Client(scheduler) as client:
+            return client.gather(client.compute(tasks))
+    from dask.callbacks import Callback
+
+    class _Bar(Callback):
+        def _start_state(self, dsk, state):
+            self.bar = tqdm(total=len(tasks), desc="variance sweep", disable=disable)
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            name = key[0] if isinstance(key, tuple) else key
+            if str(name).startswith("_task"):
+                self.bar.update(1)
+
+        def _finish(self, dsk, state, errored):
+            self.bar.close()
+
+    with _Bar():
+        return dask.compute(*tasks, scheduler=scheduler or "synchronous", num_workers=num_workers)
+
+
+def _as_weightings(weightings) -> tuple:
+    ws = tuple(weightings)
+    for w in ws:
+        if not isinstance(w, Weighting):
+            raise TypeError(f"weightings must be scoremc Weighting objects (Uniform(), SigmaSquared(), ...), "
+                            f"got {type(w).__name__} {w!r}")
+    names = [w.name for w in ws]
+    if not ws or len(set(names)) != len(names):
+        raise ValueError(f"weightings must be distinct and at least one, got {names}")
+    return ws
+
+
+def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 100, n_samples: int = 100,
+             seed: int = 0, exact: bool = True, f_divergence: bool = True, weightings=DEFAULT_WEIGHTINGS,
+             scheduler=None, num_workers=None, progress=None):
+    """Variance of score estimators by noise level, as an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    identity : an Identity or a sequence of them (``estimator`` dimension, named by ``.name``).
+    dist : a target, or a mapping name -> target (``target`` dimension).
+    proc : the forward process; ``ts`` : times (1-D, in the process's domain).
+    n_outer : points x_t ~ p_t per (target, t) for the outer average (standard errors from these).
+    n_inner : posterior draws per x_t for nested Monte Carlo, D(t) and the Theorem-2 terms.
+    n_samples : sample count of the Monte Carlo estimator whose variance V / n_samples is reported.
+    exact : use the closed-form inner expectation where it exists (else nested MC everywhere).
+    f_divergence : also estimate Theorem 2's f-divergence D(t) and the corrected STF leading term.
+    weightings : Weighting objects lambda(t) for ``V_weighted`` (score space; ``weighting`` dimension
+        named by ``.name``).
+    scheduler : None / "synchronous" (in-process), "threads", "processes", or a dask.distributed
+        address such as "tcp://127.0.0.1:8786"; ``num_workers`` for the local pools.
+
+    Returns a Dataset with dims (target, estimator, t[, weighting]) holding ``V`` (E_{p_t} tr Cov
+    of the integrand, STF Eq. 4) and ``V_se``, ``V_weighted`` (lambda(t) V for each weighting),
+    ``estimator_variance`` (V / n_samples), ``bias_sq`` (split-half estimate of the squared bias of nested
+    estimators; zero within ``bias_sq_se`` for every identity here), ``stf_leading``
+    (corrected Theorem-2 term V_STF ~ E[(post/p0)|g - s|^2]/(n_ref - 1)), ``method``, and per
+    (target, t) ``D`` / ``log_D`` (Theorem 2's f-divergence); coordinates ``sigma``, ``alpha``,
+    ``log_snr``, ``g2`` along t and ``n_ref`` along estimator (0 for non-STF).
     """
-    ly = np.asarray(log_y, dtype=np.float64)
-    out = np.empty_like(ly)
-    big = ly >= np.log(1.5)
-    # y < 1.5: |1/y - 1| = |expm1(-log y)|, and log expm1(z) = z + log1p(-e^-z) for z > 0
-    z = -ly[~big]
-    small_abs = np.empty_like(z)
-    pos = z > 0
-    with np.errstate(divide="ignore"):  # y = 1 exactly gives f = 0, log f = -inf
-        small_abs[pos] = z[pos] + np.log1p(-np.exp(-z[pos]))
-        small_abs[~pos] = np.log(-np.expm1(z[~pos]))
-    out[~big] = 2.0 * small_abs
-    out[big] = ly[big] + np.log(8.0 / 27.0 - np.exp(-ly[big]) / 3.0)
-    return out
+    import dask
+
+    ids = _as_identities(identity)
+    targets = _as_targets(dist)
+    proc = check_process(proc)
+    ts = as_float_array(ts, "ts", ndim=1)
+    proc.check_t(ts, "ts")
+    kwargs = dict(n_outer=as_count(n_outer, "n_outer", minimum=2), n_inner=as_count(n_inner, "n_inner", minimum=2),
+                  seed=as_count(seed, "seed", minimum=0), exact=bool(exact), f_divergence=bool(f_divergence))
+    n_samples = as_count(n_samples, "n_samples")
+    weightings = _as_weightings(weightings)
+    task = dask.delayed(_task, pure=False)
+    tasks = [task(ids, d, proc, float(t), kwargs, (ti, tj))
+             for ti, d in enumerate(targets.values()) for tj, t in enumerate(ts)]
+    results = _run(tasks, scheduler, num_workers, progress)
+    return _assemble(results, ids, targets, proc, ts, kwargs, n_samples, weightings)
 
 
-def f_stf(y):
-    """Theorem 2's f(y) (STF §5), the smallest convex majorant of (1/y - 1)^2 (tangent at 1.5)."""
-    return np.exp(log_f_stf(np.log(np.asarray(y, dtype=np.float64))))
+def _assemble(results, ids, targets, proc, ts, kwargs, n_samples, weightings):
+    import xarray as xr
+
+    from . import __version__
+
+    names, est = list(targets), [i.name for i in ids]
+    shape = (len(names), len(est), len(ts))
+    fields = ("V", "V_se", "bias_sq", "bias_sq_se", "stf_leading", "stf_leading_se")
+    arr = {f: np.full(shape, np.nan) for f in fields}
+    method = np.empty(shape[:2], dtype=object)
+    per_t = {f: np.full((len(names), len(ts)), np.nan) for f in ("D", "D_se", "log_D")}
+    it = iter(results)
+    for a in range(len(names)):
+        for c in range(len(ts)):
+            res = next(it)
+            for f in per_t:
+                per_t[f][a, c] = res.get(f, np.nan)
+            for b, e in enumerate(est):
+                for f in fields:
+                    arr[f][a, b, c] = res["estimators"][e][f]
+                method[a, b] = res["estimators"][e]["method"]
+    lam = np.stack([np.asarray(w.score_space(proc, ts)) for w in weightings])
+    dims = ("target", "estimator", "t")
+    ds = xr.Dataset(
+        {f: (dims, v) for f, v in arr.items()}
+        | {"V_weighted": (("weighting",) + dims, lam[:, None, None, :] * arr["V"][None]),
+           "estimator_variance": (dims, arr["V"] / n_samples),
+           "method": (("target", "estimator"), method.astype(str))}
+        | {f: (("target", "t"), v) for f, v in per_t.items()},
+        coords={"target": names, "estimator": est, "t": ts, "weighting": [w.name for w in weightings],
+                "sigma": ("t", np.asarray(proc.sigma(ts))), "alpha": ("t", np.asarray(proc.alpha(ts))),
+                "log_snr": ("t", np.asarray(proc.log_snr(ts))), "g2": ("t", np.asarray(proc.g2(ts))),
+                "n_ref": ("estimator", [i.n_ref for i in ids])})
+    ds.attrs.update(process=repr(proc), n_outer=kwargs["n_outer"], n_inner=kwargs["n_inner"], seed=kwargs["seed"],
+                    n_samples=n_samples, exact=int(kwargs["exact"]), scoremc_version=__version__,
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    description="V = E_{p_t} tr Cov_{p(x0|x_t)} L (STF Eq. 4); D = E_{p_t} D_f(p0 || p(.|x_t)) "
+                                "(STF Theorem 2 order, FLAG-S6); stf_leading = corrected Theorem-2 term "
+                                "(FLAG-S4/S5)")
+    ds["V"].attrs["long_name"] = "average posterior trace-covariance of the integrand"
+    ds["D"].attrs["long_name"] = "E_{p_t} D_f(p0 || p(x0|x_t)), f of STF Theorem 2"
+    return ds
 
 
-def exact_available(identity: Identity, dist) -> bool:
-    """Whether V(t) of ``identity`` on ``dist`` has a closed-form inner expectation."""
-    if isinstance(identity, DSI):
-        return True
-    single_gaussian = isinstance(dist, GaussianMixture) and dist.n_components == 1
-    return single_gaussian and isinstance(identity, (TSI, Mix))
-
-
-def _affine_trace_cov(identity, dist, proc, t) -> float:
-    """tr Cov_post L for L = A x0 + b on a one-component Gaussian target (TSM App. C).
-
-    In the target's eigenbasis (eigenvalues lam, c = alpha^2 lam + sigma^2) the posterior
-    covariance is lam sigma^2 / c and A = w alpha / sigma^2 - (1 - w) / (alpha lam), so
-    tr Cov = sum_j a_j^2 lam_j sigma^2 / c_j. DSI: alpha^2/sigma^2 sum lam/c; TSI: the corrected
-    sigma^2 / (alpha^2 lam S) of FLAG-T1.
-    """
-    G = _parts_of(dist)
-    lam = np.broadcast_to(G.var[0], (G.dim,))
-    a, s = float(proc.alpha(t)), float(proc.sigma(t))
-    c = a * a * lam + s * s
-    post = lam * s * s / c
-    u, v = a / (s * s) + 1.0 / (a * lam), 1.0 / (a * lam)  # a_j(w) = w u_j - v_j
-    if isinstance(identity, DSI):
-        w = 1.0
-    elif isinstance(identity, TSI):
-        w = 0.0
-    elif identity.w == "optimal":
-        w = float((u * v * post).sum() / (u * u * post).sum())
-    else:
-        w = identity.weight(dist, proc, t)
-    return float((((w * u - v) ** 2) * post).sum())
-
-
-def _mean_se(values: np.ndarray):
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-
-
-def _trace_var(draws: np.ndarray) -> np.ndarray:
-    """Unbiased trace of the sample covariance over the first axis: (m, N, d) -> (N,)."""
-    c = draws - draws.mean(axis=0)
-    return (c * c).sum(axis=(0, 2)) / (draws.shape[0] - 1)
-
-
-def _split_bias_sq(draws: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Unbiased per-row estimate of |E L - target|^2 from two independent halves of the draws."""
-    h = draws.shape[0] // 2
-    return ((draws[:h].mean(0) - target) * (draws[h:2 * h].mean(0) - target)).sum(-1)
-
-
-def time_slice(identities, dist, proc, t: float, *, n_outer: int, n_inner: int, rng: np.random.Generator,
-               exact: bool = True, divergence: bool = True) -> dict:
-    """All variance quantities at one time t, sharing one batch of x_t ~ p_t across identities.
-
-    Returns ``{"estimators": {name: {...}}, "D": ..., ...}``; per estimator: ``V``, ``V_se``,
-    ``method`` ("exact" | "nested"), ``bias_sq``, ``bias_sq_se`` (STF only, else NaN) and
-    ``stf_leading`` (the corrected Theorem-2 leading term, STF only).
-    """
-    a, s = float(proc.alpha(t)), float(proc.sigma(t))
-    G0 = _parts_of(dist)
-    _, xt = noised_sample(dist, proc, t, n_outer, rng)
-    G = noised_parts(dist, proc, t)
-    score = _fast.score(G, xt)
-    out = {"estimators": {}}
-
-    x0_post = None
-    if divergence or any(isinstance(i, STF) for i in identities):
-        x0_post = posterior(dist, proc, t, xt).sample(n_inner, rng)  # (n_inner, n_outer, d)
-        dsi = DSI.integrand(dist, proc, t, x0_post, xt)
-        # log of the prior/posterior ratio p0(x0)/p(x0|x_t) = p_t(x_t) / N(x_t; a x0, s^2 I) (Bayes)
-        log_kernel = (-0.5 * ((xt - a * x0_post) ** 2).sum(-1) / (s * s)
-                      - 0.5 * G.dim * np.log(2 * np.pi * s * s))
-        log_y = _fast.logpdf(G, xt)[None, :] - log_kernel
-        if divergence:
-            # D(t) = E_{p_t} D_f(p0 || p(.|x_t)) = E_{p_t} E_post f(p0 / post)  (Theorem 2 order, FLAG-S6)
-            per_point = np.logaddexp.reduce(log_f_stf(log_y), axis=0) - np.log(n_inner)
-            log_D = np.logaddexp.reduce(per_point) - np.log(n_outer)
-            out["log_D"] = float(log_D)
-            out["D"], out["D_se"] = _mean_se(np.exp(per_point))
-        # corrected Theorem-2 leading term without the 1/(n-1): E_post[(post/p0) |g - s|^2]
-        weighted = np.exp(-log_y) * ((dsi - score) ** 2).sum(-1)
-        out["stf_leading_unscaled"], out["stf_leading_unscaled_se"] = _mean_se(weighted.mean(0))
-
-    for identity in identities:
-        res = {"bias_sq": np.nan, "bias_sq_se": np.nan, "stf_leading": np.nan, "stf_leading_se": np.nan}
-        if exact and exact_available(identity, dist):
-            res["method"] = "exact"
-            if isinstance(identity, DSI):
-                post_var = G0.var * (s * s) / G.var
-                per_point = (a / (s * s)) ** 2 * _dense.posterior_trace_cov(G, xt, G0, a, post_var)
-                res["V"], res["V_se"] = _mean_se(per_point)
-            else:
-                res["V"], res["V_se"] = _affine_trace_cov(identity, dist, proc, t), 0.0
-        else:
-            res["method"] = "nested"
-            draws = integrand_samples(identity, dist, proc, t, xt, n=n_inner, rng=rng)
-            res["V"], res["V_se"] = _mean_se(_trace_var(draws))
-            if isinstance(identity, STF):
-                res["bias_sq"], res["bias_sq_se"] = _mean_se(_split_bias_sq(draws, score))
-                if identity.n_ref > 1 and "stf_leading_unscaled" in out:
-                    k = 1.0 / (identity.n_ref - 1)
-                    res["stf_leading"] = k * out["stf_leading_unscaled"]
-                    res["stf_leading_se"] = k * out["stf_leading_unscaled_se"]
-        out["estimators"][identity.name] = res
-    return out
+def save_dataset(ds, path) -> str:
+    """Write ``ds`` as netCDF (netCDF4 engine) atomically; returns the path."""
+    with atomic_path(path, suffix=".nc.tmp") as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+    return os.fspath(path)

@@ -1,8 +1,8 @@
-"""Loss weightings lambda(t) and noise-level sampling (SEEDS_SPEC §0, §3.4, §5).
+"""Loss weightings lambda(t) (TSM §4.1; Karras et al. 2022; Song et al. 2021; FP-Diffusion Eq. 3).
 
 A weighting is a frozen dataclass; its formula is pure arithmetic of (alpha, sigma, g^2)
-(:meth:`Weighting.formula`), so that the torch layer evaluates the same expression. Every
-weighting states the *space* its loss is written in (SEEDS_SPEC §5, "always state which space"):
+(:meth:`Weighting.formula`), so the same expression runs on NumPy and on torch. Every weighting
+states the *space* its loss is written in:
 
 * ``"score"``:  lambda ||s - target||^2,
 * ``"x0"``:     lambda ||D - x0||^2 with the denoiser D = (x_t + sigma^2 s) / alpha,
@@ -26,9 +26,7 @@ Weightings (each with its source):
 ``Uniform()``              score   1
 =========================  ======  ==========================================================
 
-Noise-level sampling: :func:`lognormal_sigmas` (EDM training, ln sigma ~ N(-1.2, 1.2^2)),
-:func:`uniform_times` (Song et al.: t ~ U[eps, 1]) and, for sampling grids,
-:func:`scoremc.karras_sigmas` (rho = 7, sigma in [0.002, 80]).
+Noise levels to train and sample at are in :mod:`scoremc.noise_levels`.
 """
 from __future__ import annotations
 
@@ -36,16 +34,17 @@ import abc
 import math
 import numbers
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from ._validation import as_count, as_generator
-from .noising import _check_process
+from ._array import namespace
+from ._validation import as_array, check_process
+from .precond import EDM_SIGMA_DATA
 from .processes import Process
 
 __all__ = ["Weighting", "Uniform", "SigmaSquared", "InverseSigmaSquared", "Likelihood", "EDMWeighting",
-           "DSMOptimal", "TSMOptimal", "WEIGHTINGS", "normalizing_constant", "lognormal_sigmas",
-           "uniform_times"]
+           "DSMOptimal", "TSMOptimal", "WEIGHTINGS", "normalizing_constant"]
 
 SPACES = ("score", "x0", "eps")
 
@@ -61,41 +60,35 @@ def _positive(value, name: str) -> float:
 class Weighting(abc.ABC):
     """Abstract weighting lambda(t); concrete weightings are final frozen dataclasses."""
 
+    name: ClassVar[str]
     #: the space the weighted loss is written in: "score", "x0" or "eps"
-    space: str = "score"
-
-    @property
-    @abc.abstractmethod
-    def name(self) -> str: ...
+    space: ClassVar[str] = "score"
 
     @abc.abstractmethod
     def formula(self, alpha, sigma, g2):
-        """lambda as pure arithmetic of alpha(t), sigma(t), g(t)^2 (arrays or tensors)."""
+        """lambda as pure arithmetic of alpha(t), sigma(t), g(t)^2 (NumPy arrays or torch tensors)."""
 
-    def __call__(self, proc: Process, t) -> np.ndarray:
-        """lambda(t) in this weighting's own space, float64 shaped like ``t``."""
-        proc = _check_process(proc)
-        a, s, g2 = (np.asarray(v, dtype=np.float64) for v in (proc.alpha(t), proc.sigma(t), proc.g2(t)))
+    def __call__(self, proc: Process, t):
+        """lambda(t) in this weighting's own space, shaped like ``t`` (NumPy float64 or torch)."""
+        c = check_process(proc).at(as_array(t, "t", namespace(t)))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return self.formula(a, s, g2)
+            return self.formula(c.alpha, c.sigma, c.g2)
 
-    def score_space(self, proc: Process, t) -> np.ndarray:
+    def score_space(self, proc: Process, t):
         """The equivalent weight of the same loss written in score space (see module docstring)."""
-        lam = self(proc, t)
-        if self.space == "score":
-            return lam
-        a, s = np.asarray(proc.alpha(t)), np.asarray(proc.sigma(t))
+        c = check_process(proc).at(as_array(t, "t", namespace(t)))
         with np.errstate(divide="ignore", invalid="ignore"):
-            return lam * s**4 / a**2 if self.space == "x0" else lam * s**2
+            lam = self.formula(c.alpha, c.sigma, c.g2)
+            if self.space == "score":
+                return lam
+            return lam * c.sigma**4 / c.alpha**2 if self.space == "x0" else lam * c.sigma**2
 
 
 @dataclass(frozen=True)
 class Uniform(Weighting):
     """lambda = 1 (TSM §4.1 "uniform"; TSM Fig. 5 trains with it)."""
 
-    @property
-    def name(self) -> str:
-        return "uniform"
+    name: ClassVar[str] = "uniform"
 
     def formula(self, alpha, sigma, g2):
         return 0.0 * sigma + 1.0
@@ -108,9 +101,7 @@ class SigmaSquared(Weighting):
     This is the corrected reading of TSM §4.1's "Song et al." weighting (FLAG-T7).
     """
 
-    @property
-    def name(self) -> str:
-        return "song"
+    name: ClassVar[str] = "song"
 
     def formula(self, alpha, sigma, g2):
         return sigma * sigma
@@ -121,9 +112,7 @@ class InverseSigmaSquared(Weighting):
     """lambda = 1 / sigma^2, as TSM §4.1 prints the "Song et al." weighting (FLAG-T7: likely
     inverted; not integrable at t = 0 under the cosine schedule, so normalising it needs t_min)."""
 
-    @property
-    def name(self) -> str:
-        return "song-as-printed"
+    name: ClassVar[str] = "song-as-printed"
 
     def formula(self, alpha, sigma, g2):
         return 1.0 / (sigma * sigma)
@@ -136,9 +125,7 @@ class Likelihood(Weighting):
     Not sigma^2: for VE, g^2 = 2 ln(sigma_max/sigma_min) sigma^2 (FLAG-L4).
     """
 
-    @property
-    def name(self) -> str:
-        return "likelihood"
+    name: ClassVar[str] = "likelihood"
 
     def formula(self, alpha, sigma, g2):
         return g2 * 1.0
@@ -153,15 +140,13 @@ class EDMWeighting(Weighting):
     :class:`DSMOptimal` (TSM §4.1 / App. D; FLAG-T8).
     """
 
-    sigma_data: float = 0.5
-    space = "x0"
+    sigma_data: float = EDM_SIGMA_DATA
+    space: ClassVar[str] = "x0"
 
     def __post_init__(self):
         _positive(self.sigma_data, "sigma_data")
 
-    @property
-    def name(self) -> str:
-        return "edm"
+    name: ClassVar[str] = "edm"
 
     def formula(self, alpha, sigma, g2):
         sd2 = self.sigma_data**2
@@ -186,7 +171,7 @@ class DSMOptimal(Weighting):
             raise TypeError(f"alpha_aware must be a bool, got {type(self.alpha_aware).__name__}")
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # noqa: D102 - two names, one per form
         return "dsm-optimal" if self.alpha_aware else "dsm-optimal-as-printed"
 
     def formula(self, alpha, sigma, g2):
@@ -207,9 +192,7 @@ class TSMOptimal(Weighting):
     def __post_init__(self):
         _positive(self.sigma_data, "sigma_data")
 
-    @property
-    def name(self) -> str:
-        return "tsm-optimal"
+    name: ClassVar[str] = "tsm-optimal"
 
     def formula(self, alpha, sigma, g2):
         a2sd2 = alpha * alpha * self.sigma_data**2
@@ -234,7 +217,7 @@ def normalizing_constant(weighting: Weighting, proc: Process, t_min: float, t_ma
 
     if not isinstance(weighting, Weighting):
         raise TypeError(f"weighting must be a scoremc Weighting, got {type(weighting).__name__}")
-    proc = _check_process(proc)
+    proc = check_process(proc)
     if not (t_min < t_max):
         raise ValueError(f"t_min must be < t_max, got {t_min}, {t_max}")
     proc.check_t(np.array([t_min, t_max]), "t_min/t_max")
@@ -250,24 +233,3 @@ def normalizing_constant(weighting: Weighting, proc: Process, t_min: float, t_ma
         val, _ = integrate.quad(f, a, b, epsabs=0.0, epsrel=1e-12, limit=200)
         total += val
     return total
-
-
-def lognormal_sigmas(n, rng: np.random.Generator, p_mean: float = -1.2, p_std: float = 1.2) -> np.ndarray:
-    """EDM training noise levels: ln sigma ~ N(P_mean, P_std^2) (Karras et al. 2022, Table 1;
-    STF §2 / SEEDS_SPEC §0). Shape ``(n,)`` float64."""
-    n = as_count(n, "n")
-    rng = as_generator(rng)
-    if not (isinstance(p_mean, numbers.Real) and math.isfinite(p_mean)):
-        raise ValueError(f"p_mean must be a finite number, got {p_mean!r}")
-    p_std = _positive(p_std, "p_std")
-    return np.exp(p_mean + p_std * rng.standard_normal(n))
-
-
-def uniform_times(n, rng: np.random.Generator, t_min: float = 1e-5, t_max: float = 1.0) -> np.ndarray:
-    """t ~ U[t_min, t_max], shape ``(n,)`` (Song et al. 2021: t_min = 1e-5 for VE, 1e-3 for VP;
-    STF App. D.2)."""
-    n = as_count(n, "n")
-    rng = as_generator(rng)
-    if not (math.isfinite(t_min) and math.isfinite(t_max) and t_min < t_max):
-        raise ValueError(f"need finite t_min < t_max, got {t_min}, {t_max}")
-    return t_min + (t_max - t_min) * rng.random(n)

@@ -1,4 +1,4 @@
-"""The exact mixture score solves the score Fokker-Planck equation (SEEDS_SPEC §4.2)."""
+"""The exact mixture score solves the score Fokker-Planck equation (FP-Diffusion Eqs. 7-9)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -44,7 +44,7 @@ def test_fpe_residual_property(dist, proc, data):
 
 
 def test_operator_is_time_derivative_of_log_density(rng):
-    # for the exact score L[s] = d/dt log p_t (SEEDS_SPEC §4.9 item 4)
+    # for the exact score L[s] = d/dt log p_t (FP-Diffusion Eq. 7)
     dist, proc, t = TARGETS[1], smc.VP(), 0.4
     es = smc.exact_score(dist, proc)
     x = rng.normal(size=(5, 3))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import scoremc as smc
-from scoremc import _fd
+from scoremc.derivatives import draw_probes
 from scoremc.fpe import H_D, H_S, time_derivative
 from scoremc.testing import gaussian_mixtures, points, processes, times
 
@@ -27,7 +27,7 @@ def _polynomial_in_t(coefs):
                                          (smc.VE(), 1.0, "backward"), (smc.Cosine(), 0.9996, "backward"),
                                          (smc.EDM(), 1e-4, "forward"), (smc.VP(), 0.3, "central")])
 def test_stencil_is_exact_for_quadratics_and_has_the_stated_cubic_error(proc, t, kind):
-    # FP-Diffusion Lemma C.1 / SEEDS_SPEC §4.9 item 2: exact for quadratics; for f = t^3 (f''' = 6) the
+    # FP-Diffusion Lemma C.1: exact for quadratics; for f = t^3 (f''' = 6) the
     # error is h_s h_d (central), -2 h_d^2 (forward one-sided), -2 h_s^2 (backward one-sided)
     x = np.array([[1.0, -2.0], [0.5, 3.0]])
     quad = time_derivative(_polynomial_in_t([0.3, -1.2, 2.5]), proc, x, t)
@@ -38,7 +38,7 @@ def test_stencil_is_exact_for_quadratics_and_has_the_stated_cubic_error(proc, t,
 
 
 def test_stencil_on_sin_matches_the_predicted_error():
-    # SEEDS_SPEC §4.5: on sin(3t) at t = 0.4 the error is -8.16e-7, predicted h_s h_d f''' / 6 = -8.15e-7
+    # FP-Diffusion App. C stencil: on sin(3t) at t = 0.4 the error is -8.16e-7, predicted h_s h_d f''' / 6 = -8.15e-7
     fn = lambda x, t: x * np.sin(3 * np.asarray(t))[:, None]  # noqa: E731
     got = time_derivative(fn, smc.VE(), np.ones((1, 1)), 0.4)[0, 0] - 3 * np.cos(1.2)
     np.testing.assert_allclose(got, H_S * H_D / 6 * (-27 * np.cos(1.2)), rtol=0.01)
@@ -62,8 +62,9 @@ def test_generic_residual_of_the_exact_score_is_only_the_stencil_error(proc, dis
     # Hutchinson over the full Rademacher design {+-1}^2: (1/4) sum v v^T = I, so its average is the exact
     # trace and the residual must match as tightly (its unbiasedness for random probes is tested below)
     design = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    opts = {"fd": {}, "exact": dict(divergence=es.divergence), "jacobian": dict(jacobian=es.hessian),
-            "hutchinson": dict(probes=np.broadcast_to(design[:, None, :], (4,) + x.shape))}[div]
+    opts = {"fd": {}, "exact": dict(derivatives=smc.Divergence(es.divergence)),
+            "jacobian": dict(derivatives=smc.Jacobian(es.hessian)),
+            "hutchinson": dict(derivatives=smc.Hutchinson(probes=np.broadcast_to(design[:, None, :], (4,) + x.shape)))}[div]
     res = smc.fpe_residual(black_box, proc, x, t, **opts)
     stencil_error = time_derivative(black_box, proc, x, t) - es.dt(x, t)
     grad_L = smc.fpe.fpe_operator_gradient(es, proc, x, t)
@@ -95,7 +96,7 @@ def test_rotational_perturbation_has_the_hand_computed_residual_operator_and_cur
     H, s = es.hessian(x, t), es(x, t)
     hand = c0 * x @ R2.T - g2 * c * (np.einsum("nij,nj->ni", H, x @ R2.T) - s @ R2.T + c * x)
     # one level of central differences (exact divergence), step well below the length scale sigma^2 / distance
-    opts = dict(divergence=lambda y, tt: es.divergence(y, tt), fd_step=1e-5)
+    opts = dict(derivatives=smc.Divergence(lambda y, tt: es.divergence(y, tt), step=1e-5))
     generic = smc.fpe_residual(s_tilde, proc, x, t, **opts)
     baseline = smc.fpe_residual(lambda y, tt: es(y, tt), proc, x, t, **opts)
     # natural units of grad L (they stay O(1) as x -> 0, where the finite differences' round-off lives)
@@ -103,14 +104,16 @@ def test_rotational_perturbation_has_the_hand_computed_residual_operator_and_cur
         + np.abs(es.dt(x, t)).max() + g2 * np.abs(H).max() + abs(float(proc.drift_coef(t)))
     np.testing.assert_allclose(generic - baseline, hand, rtol=0, atol=1e-6 * scale)
     L_hand = smc.fpe_operator(es, proc, x, t) + g2 * c * (s * (x @ R2.T)).sum(-1) + 0.5 * g2 * c * c * (x * x).sum(-1)
-    np.testing.assert_allclose(smc.fpe_operator(s_tilde, proc, x, t, fd_step=1e-5), L_hand, rtol=0,
+    np.testing.assert_allclose(smc.fpe_operator(s_tilde, proc, x, t, derivatives=smc.CentralDifference(1e-5)),
+                               L_hand, rtol=0,
                                atol=1e-7 * (np.abs(L_hand).max() + g2 * np.abs(H).max()))
     jac = lambda y, tt: es.hessian(y, tt) + c0 * (1 + np.asarray(tt))[..., None, None] * R2  # noqa: E731
-    np.testing.assert_allclose(smc.curl(s_tilde, x, t, jacobian=jac), 2 * c, rtol=1e-10)
+    np.testing.assert_allclose(smc.curl(s_tilde, x, t, derivatives=smc.Jacobian(jac)), 2 * c, rtol=1e-10)
     # central differences with a step far below the score's length scale (sigma^2 / distance between modes)
-    np.testing.assert_allclose(smc.curl(s_tilde, x, t, fd_step=1e-6), 2 * c, rtol=0,
+    np.testing.assert_allclose(smc.curl(s_tilde, x, t, derivatives=smc.CentralDifference(1e-6)), 2 * c, rtol=0,
                                atol=1e-6 * (np.abs(H).max() + c) + 1e-9 * np.abs(s).max())
-    np.testing.assert_allclose(smc.antisymmetric_norm(s_tilde, x, t, jacobian=jac), np.sqrt(2) * c, rtol=1e-10)
+    np.testing.assert_allclose(smc.antisymmetric_norm(s_tilde, x, t, derivatives=smc.Jacobian(jac)), np.sqrt(2) * c,
+                               rtol=1e-10)
     assert np.abs(smc.curl(es, x, t)).max() <= 1e-12 * np.abs(H).max()
 
 
@@ -129,15 +132,16 @@ def test_antisymmetric_norm_in_three_dimensions(rng):
 
 @pytest.mark.parametrize("law", ["gaussian", "rademacher"])
 def test_hutchinson_is_unbiased_with_the_stated_variance(law):
-    # SEEDS_SPEC §4.9 item 5 / §2.4 item 4: v^T A v has mean tr A and variance 2 ||sym A||_F^2 (Gaussian)
+    # Hutchinson (FP-Diffusion §5; LCSS §2.1): v^T A v has mean tr A and variance 2 ||sym A||_F^2 (Gaussian)
     # or 2 (||sym A||_F^2 - sum_i A_ii^2) (Rademacher). 2e5 single-probe estimates; the mean is checked at
     # 5 standard errors, the variance to 3% (its standard error here is < 0.6%).
     rng = np.random.default_rng(3)
     A = np.array([[1.0, 0.4, -0.3], [0.0, -2.0, 0.5], [0.7, 0.1, 0.5]])
     n = 200_000
     x = rng.normal(size=(n, 3))
-    probes = _fd.draw_probes(rng, 1, x.shape, law)
-    est = _fd.hutchinson_divergence(lambda y, tt: y @ A.T, x, np.zeros(n), probes, 1e-3)
+    probes = draw_probes(rng, 1, x.shape, law)
+    source = smc.Hutchinson(probes=probes, jvp=smc.CentralDifference(1e-3))
+    est = source.divergence(lambda y, tt: y @ A.T, x, np.zeros(n))
     sym = 0.5 * (A + A.T)
     var = 2 * (sym**2).sum() - (2 * (np.diag(A) ** 2).sum() if law == "rademacher" else 0.0)
     assert abs(est.mean() - np.trace(A)) <= 5 * np.sqrt(var / n)
@@ -155,7 +159,7 @@ def test_diagnostics(rng):
     x = _noised_points(GM2, proc, t, 64, np.random.default_rng(9))
     c, g2 = c0 * (1 + t), float(proc.g2(t))
     hand = c0 * x @ R2.T - g2 * c * (np.einsum("nij,nj->ni", es.hessian(x, t), x @ R2.T) - es(x, t) @ R2.T + c * x)
-    got = smc.r_fp(f, GM2, proc, t, n=64, rng=np.random.default_rng(9), divergence=es.divergence)
+    got = smc.r_fp(f, GM2, proc, t, n=64, rng=np.random.default_rng(9), derivatives=smc.Divergence(es.divergence))
     np.testing.assert_allclose(got, np.linalg.norm(hand, axis=1).mean() / 2, rtol=1e-4)
     # r_DSM-like at the exact score, unit Gaussian in 1-D: s* - L_DSI ~ N(0, V), V = alpha^2 / (sigma^2 S),
     # so E|.| = sqrt(2 V / pi); 20000 draws, 5 standard errors (sd^2 = V (1 - 2/pi))
@@ -164,7 +168,7 @@ def test_diagnostics(rng):
     V = a * a / (s * s * (a * a + s * s))
     got = smc.r_dsm_like(smc.exact_score(unit, cos), unit, cos, 0.4, n=20000, rng=rng)
     assert abs(got - np.sqrt(2 * V / np.pi)) <= 5 * np.sqrt(V * (1 - 2 / np.pi) / 20000)
-    ds = smc.fpe_diagnostics(f, GM2, proc, [0.2, 0.5], n=32, rng=rng, divergence=es.divergence)
+    ds = smc.fpe_diagnostics(f, GM2, proc, [0.2, 0.5], n=32, rng=rng, derivatives=smc.Divergence(es.divergence))
     assert set(ds.data_vars) == {"r_fp", "r_dsm_like", "antisym_norm", "curl_ms"}
     np.testing.assert_allclose(ds.curl_ms, (2 * c0 * (1 + ds.t)) ** 2, rtol=1e-5)
     np.testing.assert_allclose(ds.antisym_norm, np.sqrt(2) * c0 * (1 + ds.t), rtol=1e-5)
@@ -180,16 +184,22 @@ def test_invalid_input_is_refused(rng):
     with pytest.raises(TypeError, match="score_fn"):
         smc.fpe_operator(np.zeros(2), proc, x, 0.5)
     with pytest.raises(ValueError, match="probes"):
-        smc.fpe_operator(f, proc, x, 0.5, probes=np.ones((1, 2, 2)))
+        smc.fpe_operator(f, proc, x, 0.5, derivatives=smc.Hutchinson(probes=np.ones((1, 2, 2))))
     with pytest.raises(TypeError, match="rng"):
-        smc.fpe_operator(f, proc, x, 0.5, n_probes=1)
+        smc.fpe_operator(f, proc, x, 0.5, derivatives=smc.Hutchinson(1))
     with pytest.raises(ValueError, match="does not fit"):
         smc.fpe_residual(f, proc, x, 0.5, h_s=0.6, h_d=0.6)
-    with pytest.raises(ValueError, match="fd_step"):
-        smc.fpe_operator(f, proc, x, 0.5, fd_step=0.0)
+    with pytest.raises(ValueError, match="step must be positive"):
+        smc.CentralDifference(0.0)
     with pytest.raises(ValueError, match="outside the domain"):
         smc.fpe_residual(f, proc, x, 1.5)
-    with pytest.raises(TypeError, match="divergence"):
-        smc.fpe_operator(f, proc, x, 0.5, divergence=3.0)
+    with pytest.raises(TypeError, match="derivatives must be"):
+        smc.fpe_operator(f, proc, x, 0.5, derivatives=3.0)
+    with pytest.raises(TypeError, match="Divergence needs a callable"):
+        smc.Divergence(3.0)
+    with pytest.raises(TypeError, match="gives no Jacobian"):
+        smc.curl(f, x, 0.5, derivatives=smc.Divergence(lambda y, t: 0 * y[:, 0]))
+    with pytest.raises(TypeError, match="Autograd\\(\\) differentiates torch tensors"):
+        smc.fpe_operator(f, proc, x, 0.5, derivatives=smc.Autograd())
     with pytest.raises(ValueError, match="must return shape"):
         smc.fpe_operator(lambda y, t: y[:, :1], proc, x, 0.5)

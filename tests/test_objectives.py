@@ -107,7 +107,7 @@ def test_lcss_is_half_dsm_minus_a_score_free_term(dist, proc, gamma, data):
     scale = np.abs(half_dsm).max() + shift.max()
     np.testing.assert_allclose(lcss, half_dsm - shift, rtol=0, atol=1e-12 * scale)
     # gamma variant (LCSS Eq. 21): gamma <s, u> + 1/2 ||s||^2 = 1/2 ||s + gamma u||^2 - gamma^2 ||u||^2 / 2
-    u = -DSI.integrand(dist, proc, t, x0, float(proc.alpha(t)) * x0 + s * eps)
+    u = -DSI().integrand(dist, proc.at(t), x0, float(proc.alpha(t)) * x0 + s * eps)
     sv = linear(float(proc.alpha(t)) * x0 + s * eps, np.full(64, t))
     got = smc.loss(smc.LCSS(gamma), linear, dist, proc, t, x0, eps)
     expect = 0.5 * ((sv + gamma * u) ** 2).sum(-1) - 0.5 * gamma**2 * (u * u).sum(-1)
@@ -161,10 +161,10 @@ def test_gamma_lcss_minimiser_is_gamma_times_the_score(dist, proc, gamma, data):
     np.testing.assert_allclose(moved - best, 0.5 * (delta**2).sum(-1), rtol=0, atol=1e-8 * scale)
 
 
-def _rademacher(d, eps, n):
-    """All 2^d sign vectors scaled by eps / sqrt(d), for n rows: E[v v^T] = eps^2 I / d exactly."""
+def _rademacher(d, n):
+    """All 2^d sign vectors for n rows: E[v v^T] = I exactly over the design."""
     signs = np.array(list(itertools.product([-1.0, 1.0], repeat=d)))
-    return np.broadcast_to((eps / np.sqrt(d)) * signs[:, None, :], (len(signs), n, d)).copy()
+    return np.broadcast_to(signs[:, None, :], (len(signs), n, d)).copy()
 
 
 def _hyvarinen(es, x, t):
@@ -182,13 +182,17 @@ def test_ssm_is_unbiased_for_hyvarinen_over_the_probes(dist, proc, data):
     es = smc.exact_score(dist, proc)
     x0, noise = smc.sample(dist, 5, rng), rng.standard_normal((5, dist.dim))
     xt = float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * noise
-    probes = _rademacher(dist.dim, 0.5, 5)
-    got = smc.loss(smc.SSM(eps=0.5), es, dist, proc, t, x0, noise, probes=probes)
+    probes = _rademacher(dist.dim, 5)
+    got = smc.loss(smc.SSM(divergence=smc.Hutchinson(probes=probes, jvp=smc.Exact())), es, dist, proc, t, x0, noise)
     expect = _hyvarinen(es, xt, t) / dist.dim
     scale = np.abs(np.trace(es.hessian(xt, t), axis1=-2, axis2=-1)).max() + (es(xt, t) ** 2).sum(-1).max()
     np.testing.assert_allclose(got, expect, rtol=0, atol=1e-12 * scale)
-    plain = smc.loss(smc.SSM(eps=0.5), lambda x, tt: es(x, tt), dist, proc, t, x0, noise, probes=probes,
-                     fd_step=1e-5 * float(np.sqrt(proc.alpha(t) ** 2 + proc.sigma(t) ** 2)))
+    # the exact divergence gives the Hyvarinen objective itself (the limit SSM is unbiased for)
+    exact = smc.loss(smc.SSM(divergence=smc.Exact()), es, dist, proc, t, x0, noise)
+    np.testing.assert_allclose(exact, expect, rtol=0, atol=1e-12 * scale)
+    step = 1e-5 * float(np.sqrt(proc.alpha(t) ** 2 + proc.sigma(t) ** 2))
+    fd = smc.Hutchinson(probes=probes, jvp=smc.CentralDifference(step))
+    plain = smc.loss(smc.SSM(divergence=fd), lambda x, tt: es(x, tt), dist, proc, t, x0, noise)
     np.testing.assert_allclose(plain, expect, rtol=0, atol=1e-5 * scale)
 
 
@@ -199,8 +203,8 @@ def test_ssm_with_random_gaussian_probes_is_unbiased(rng):
     x0, noise = smc.sample(dist, 4, rng), rng.standard_normal((4, 2))
     xt = float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * noise
     m = 20000  # one probe per row, rows repeated: the per-probe values of each point
-    vals = smc.loss(smc.SSM(n_probes=1, probe="gaussian"), es, dist, proc, t, np.tile(x0, (m, 1)),
-                    np.tile(noise, (m, 1)), rng=rng).reshape(m, 4)
+    ssm = smc.SSM(divergence=smc.Hutchinson(1, "gaussian", jvp=smc.Exact()))
+    vals = smc.loss(ssm, es, dist, proc, t, np.tile(x0, (m, 1)), np.tile(noise, (m, 1)), rng=rng).reshape(m, 4)
     expect = _hyvarinen(es, xt, t) / 2
     assert np.all(np.abs(vals.mean(0) - expect) <= 5 * vals.std(0) / np.sqrt(len(vals)))
 
@@ -215,14 +219,15 @@ def test_fd_ssm_is_unbiased_to_second_order(rng):
     target = _hyvarinen(es, xt, t) / 2
     bias = {}
     for eps in (0.2, 0.1, 0.05):
-        got = smc.loss(smc.FDSSM(eps=eps), es, dist, proc, t, x0, noise, probes=_rademacher(2, eps, 6))
+        got = smc.loss(smc.FDSSM(eps=eps, probes=smc.Hutchinson(probes=_rademacher(2, 6))), es, dist, proc, t, x0,
+                       noise)
         bias[eps] = got - target
     ratio = bias[0.1] / bias[0.05]
     assert np.all((ratio > 3.7) & (ratio < 4.3)), ratio
     assert np.all(np.abs(bias[0.05]) < 0.05 * np.abs(target).max())
     A = rng.normal(size=(2, 2))
     lin = lambda x, tt: x @ A.T + 1.0  # noqa: E731
-    fd = smc.loss(smc.FDSSM(eps=0.7), lin, dist, proc, t, x0, noise, probes=_rademacher(2, 0.7, 6))
+    fd = smc.loss(smc.FDSSM(eps=0.7, probes=smc.Hutchinson(probes=_rademacher(2, 6))), lin, dist, proc, t, x0, noise)
     exact = (np.trace(A) + 0.5 * ((xt @ A.T + 1.0) ** 2).sum(-1)) / 2
     np.testing.assert_allclose(fd, exact, rtol=1e-12)
 
@@ -238,16 +243,16 @@ def test_regression_objectives_reuse_the_identities(rng):
     np.testing.assert_array_equal(smc.loss(smc.MixSM(0.0), f, dist, proc, t, x0, eps), tsm)
     np.testing.assert_array_equal(smc.loss(smc.STFLoss(1), f, dist, proc, t, x0, eps), dsm)
     xt = float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * eps
-    np.testing.assert_allclose(tsm, ((f(xt, t) - TSI.integrand(dist, proc, t, x0)) ** 2).sum(-1), rtol=1e-14)
+    np.testing.assert_allclose(tsm, ((f(xt, t) - TSI().integrand(dist, proc.at(t), x0)) ** 2).sum(-1), rtol=1e-14)
     w = smc.TSMOptimal(1.2)
     np.testing.assert_allclose(smc.loss(smc.TSM(), f, dist, proc, t, x0, eps, weighting=w), tsm * w(proc, t),
                                rtol=1e-14)
     # per-row times give the same values as one call per time
     tt = rng.choice([0.2, 0.45, 0.7], size=50)
-    rows = smc.loss(smc.MixSM("kappa_bar"), f, dist, proc, tt, x0, eps)
+    rows = smc.loss(smc.MixSM(smc.KappaBar()), f, dist, proc, tt, x0, eps)
     for tj in np.unique(tt):
         sel = tt == tj
-        np.testing.assert_allclose(rows[sel], smc.loss(smc.MixSM("kappa_bar"), f, dist, proc, tj, x0[sel], eps[sel]),
+        np.testing.assert_allclose(rows[sel], smc.loss(smc.MixSM(smc.KappaBar()), f, dist, proc, tj, x0[sel], eps[sel]),
                                    rtol=1e-13)
 
 
@@ -325,10 +330,16 @@ def test_invalid_input_is_refused(rng):
         smc.loss(smc.SSM(), es, dist, proc, 0.5, x0, eps)
     with pytest.raises(TypeError, match="Empirical"):
         smc.loss(smc.TSM(), lambda x, t: x, smc.Empirical([[0.0]]), proc, 0.5, x0, eps)
-    with pytest.raises(ValueError, match="optimal"):
-        smc.MixSM("optimal")
-    with pytest.raises(ValueError, match="probe"):
-        smc.SSM(probe="normal")
+    with pytest.raises(TypeError, match="w must be"):
+        smc.MixSM("kappa")
+    with pytest.raises(ValueError, match="law must be one of"):
+        smc.Hutchinson(law="normal")
+    with pytest.raises(TypeError, match="divergence must be a derivative source"):
+        smc.SSM(divergence="hutchinson")
+    with pytest.raises(TypeError, match="Exact\\(\\) needs"):
+        smc.loss(smc.SSM(divergence=smc.Exact()), lambda x, t: -x, dist, proc, 0.5, x0, eps)
+    with pytest.raises(ValueError, match="probes must have shape"):
+        smc.loss(smc.SSM(divergence=smc.Hutchinson(probes=np.ones((2, 5, 1)))), es, dist, proc, 0.5, x0, eps)
     with pytest.raises(ValueError, match="gamma"):
         smc.LCSS(gamma=float("nan"))
     with pytest.raises(ValueError, match="alpha"):
@@ -337,5 +348,7 @@ def test_invalid_input_is_refused(rng):
         smc.FPRegularized(lambda_fp="g2")
     with pytest.raises(ValueError, match="ref"):
         smc.loss(smc.STFLoss(3), es, dist, proc, 0.5, x0, eps, ref=np.zeros((5, 1)))
+    with pytest.raises(TypeError, match="derivatives must be"):
+        smc.FPRegularized(derivatives="fd")
     with pytest.raises(ValueError, match="must return shape"):
         smc.loss(smc.DSM(), lambda x, t: x[:, :0], dist, proc, 0.5, x0, eps)

@@ -131,7 +131,7 @@ def test_loss_spaces_are_related_by_the_weighting_factors(rng):
     a, s = float(proc.alpha(t)), float(proc.sigma(t))
     x0, eps, sc = rng.normal(size=(3, 5, 2))
     xt = a * x0 + s * eps
-    score_err = ((sc - DSI.integrand(dist, proc, t, x0, xt)) ** 2).sum(-1)
+    score_err = ((sc - DSI().integrand(dist, proc.at(t), x0, xt)) ** 2).sum(-1)
     x0_err = ((smc.denoiser_from_score(sc, xt, a, s) - x0) ** 2).sum(-1)
     eps_err = ((smc.eps_from_score(sc, s) - eps) ** 2).sum(-1)
     np.testing.assert_allclose(x0_err, s**4 / a**2 * score_err, rtol=1e-12)
@@ -141,8 +141,18 @@ def test_loss_spaces_are_related_by_the_weighting_factors(rng):
 
 
 def test_broadcasting_and_validation():
-    p = smc.tsm_precond(np.array([[0.1], [1.0]]), np.array([0.5, 0.9, 1.0]), 1.0)
-    assert p.c_out.shape == (2, 3) and p.output(np.zeros((2, 3, 4)), np.ones((2, 3, 4))).shape == (2, 3, 4)
+    # per-row coefficients (N, 1) broadcast against (N, d) rows without reshaping
+    sig, alp = np.array([[0.1], [1.0]]), np.array([[0.5], [0.9]])
+    p = smc.tsm_precond(sig, alp, 1.0)
+    assert p.c_out.shape == (2, 1) and p.output(np.zeros((2, 4)), np.ones((2, 4))).shape == (2, 4)
+    np.testing.assert_allclose(p.output(np.zeros((2, 4)), np.ones((2, 4)))[:, 0], -1 / (sig**2 + alp**2)[:, 0])
+    np.testing.assert_allclose(smc.denoiser_from_score(np.ones((2, 4)), np.zeros((2, 4)), alp, sig)[:, 0],
+                               (sig**2 / alp)[:, 0])
+    # (N,) against (N, d) would broadcast along d: refused, naming the argument
+    with pytest.raises(ValueError, match="sigma must be a scalar or have shape"):
+        smc.score_from_eps(np.ones((4, 4)), np.ones(4))
+    with pytest.raises(ValueError, match="alpha must be a scalar or have shape"):
+        smc.denoiser_from_score(np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 2)), 1.0)
     with pytest.raises(ValueError, match="sigma"):
         smc.edm_precond(0.0)
     with pytest.raises(ValueError, match="sigma_data"):

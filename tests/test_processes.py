@@ -55,7 +55,7 @@ def test_log_snr_decreases_and_methods_vectorise(proc):
 
 
 def test_known_values():
-    # SEEDS_SPEC §0: sqrt(2 ln 5000) = 4.1273 for VE(0.01, 50); VP alpha(1) = e^-5.025
+    # Song et al. 2021 / LCSS §3.2 (FLAG-L4): sqrt(2 ln 5000) = 4.1273 for VE(0.01, 50); VP alpha(1) = e^-5.025
     ve = smc.VE()
     assert ve.diffusion(0.0) / ve.sigma(0.0) == pytest.approx(4.1273, abs=1e-4)
     assert smc.VP().alpha(1.0) == pytest.approx(math.exp(-5.025), rel=1e-14)

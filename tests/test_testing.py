@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import scoremc as smc
-from scoremc.identities import DSI, TSI, Identity, Mix
+from scoremc.identities import DSI, TSI, KappaBar, Mix, PointwiseIdentity
 from scoremc.testing import (assert_conservative, assert_estimator_unbiased, assert_fpe_consistent,
                              assert_score_close, assert_tweedie)
 from scoremc.testing import mutations as mut
@@ -61,7 +61,7 @@ def test_conservativity_passes_exact_and_catches_non_gradient_fields():
         _fails_with_table(assert_conservative, model, PROC, DIST, rtol=1e-3, ts=TS, n=16)
 
 
-class _Broken(Identity):
+class _Broken(PointwiseIdentity):
     """A DSI whose integrand is wrong in a chosen way (mutation of an estimator)."""
 
     def __init__(self, how):
@@ -71,16 +71,19 @@ class _Broken(Identity):
     def name(self):
         return f"broken-dsi({self.how})"
 
-    def integrand(self, dist, proc, t, x0, xt):
+    def integrand(self, dist, coef, x0, xt, rng=None):
         if self.how == "scaled":
-            return 1.1 * DSI.integrand(dist, proc, t, x0, xt)
+            return 1.1 * DSI().integrand(dist, coef, x0, xt)
         if self.how == "time":
-            return DSI.integrand(dist, proc, min(1.0, 1.2 * t), x0, xt)
+            return DSI().integrand(dist, coef.process.at(np.minimum(1.0, 1.2 * coef.t)), x0, xt)
         # "sign": the kernel's gradient taken with respect to x0 instead of x_t
-        return -DSI.integrand(dist, proc, t, x0, xt)
+        return -DSI().integrand(dist, coef, x0, xt)
+
+    def trace_cov(self, post):
+        return None
 
 
-@pytest.mark.parametrize("identity", [DSI(), TSI(), Mix("kappa_bar")], ids=lambda i: i.name)
+@pytest.mark.parametrize("identity", [DSI(), TSI(), Mix(KappaBar())], ids=lambda i: i.name)
 def test_estimator_unbiased_passes_correct_identities(identity):
     assert assert_estimator_unbiased(identity, DIST, PROC, ts=TS, level=1e-3).ok
 

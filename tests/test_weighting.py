@@ -1,4 +1,4 @@
-"""Loss weightings and noise-level sampling (SEEDS_SPEC §0, §3.4; FLAG-T7, FLAG-T8, FLAG-L4)."""
+"""Loss weightings and noise-level sampling (TSM §4.1; Karras et al. 2022; FLAG-T7, FLAG-T8, FLAG-L4)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import scoremc as smc
-from scoremc.identities import kappa
+from scoremc.identities import Kappa
 from scoremc.testing import processes, times
 from scoremc.weighting import WEIGHTINGS, normalizing_constant
 
@@ -56,7 +56,7 @@ def test_edm_weighting_in_score_space_is_dsm_optimal(proc, sd, data):
 def test_optimal_weightings_ratio_is_kappa_odds_squared(proc, sd, data):
     # TSM §4.1 (alpha-aware forms): DSM-opt / TSM-opt = sigma^4 / (alpha sigma_d)^4 = (kappa / (1 - kappa))^2
     t = data.draw(times(proc))
-    k = float(kappa(smc.GaussianMixture([1.0], [[0.0]], [sd**2]), proc, t))
+    k = float(Kappa()(smc.GaussianMixture([1.0], [[0.0]], [sd**2]), proc.at(t)))
     ratio = smc.DSMOptimal(sd)(proc, t) / smc.TSMOptimal(sd)(proc, t)
     np.testing.assert_allclose(ratio, (k / (1 - k)) ** 2, rtol=1e-10)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .._io import write_text
 from ..plotting import plot_variance, summary_markdown
-from ..sweep import save_dataset
+from ..variance import save_dataset
 
 
 def write_sweep(ds, out_dir, stem: str, title: str, weightings=(None,), notes: str = "") -> dict:

@@ -17,9 +17,10 @@ import xarray as xr
 
 from ..builtin import digits, two_gaussians
 from ..identities import DSI, STF
-from ..plotting import _figure, save_figure
+from ..plotting import panels, save_figure
 from ..processes import VE
-from ..sweep import variance
+from ..variance import variance
+from ..weighting import SigmaSquared
 from ._common import write_sweep
 
 __all__ = ["dsm_variance_and_divergence", "stf_variance_by_reference_size", "SETTINGS_DSM", "SETTINGS_NREF"]
@@ -44,7 +45,7 @@ def dsm_variance_and_divergence(out_dir, *, mode: str = "report", seed: int = 0,
     notes = ("V_DSM is exact per x_t (Rao-Blackwellised); D(t) = E_{p_t} D_f(p0 || p(x0|x_t)) by nested Monte "
              "Carlo. FLAG-S3: unweighted V_DSM of the two-Gaussians peaks at t -> 0 (d sigma-hat^2 / (sigma^2 S) "
              "-> 64), so the published Phase-2 peak is the shape of sigma_t^2 V_DSM (see stf_dsm_normalised.png).")
-    write_sweep(ds, out_dir, "stf_dsm", "STF Fig. 2(b)/3(a): V_DSM(t), VE(0.01, 50)", weightings=(None, "sigma2"),
+    write_sweep(ds, out_dir, "stf_dsm", "STF Fig. 2(b)/3(a): V_DSM(t), VE(0.01, 50)", weightings=(None, SigmaSquared.name),
                 notes=notes)
     _plot_normalised(ds, Path(out_dir) / "stf_dsm_normalised.png")
     return ds
@@ -56,12 +57,12 @@ def _normalise(y):
 
 
 def _plot_normalised(ds, path):
-    fig, axes = _figure(ds.sizes["target"])
+    fig, axes = panels(ds.sizes["target"])
     t = ds["t"].values
     for ax, target in zip(axes, ds["target"].values):
         sel = ds.sel(target=target, estimator="dsi")
         ax.plot(t, _normalise(sel["V"]), label="V_DSM")
-        ax.plot(t, _normalise(sel["V_weighted"].sel(weighting="sigma2")), label=r"$\sigma_t^2$ V_DSM")
+        ax.plot(t, _normalise(sel["V_weighted"].sel(weighting=SigmaSquared.name)), label=r"$\sigma_t^2$ V_DSM")
         # D spans hundreds of orders of magnitude at small t: normalise in log space
         logd = sel["log_D"].values
         ax.plot(t, np.exp(logd - np.nanmax(logd)), label="D(t)")
@@ -92,7 +93,7 @@ def stf_variance_by_reference_size(out_dir, *, mode: str = "report", n_refs=None
 
 
 def _plot_ratio(ds, path):
-    fig, axes = _figure(ds.sizes["target"])
+    fig, axes = panels(ds.sizes["target"])
     t = ds["t"].values
     for ax, target in zip(axes, ds["target"].values):
         v_dsm = ds["V"].sel(target=target, estimator="dsi").values

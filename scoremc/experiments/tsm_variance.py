@@ -14,18 +14,18 @@ import numpy as np
 import xarray as xr
 
 from ..builtin import TSM_TARGETS
-from ..identities import DSI, TSI, Mix, kappa, kappa_bar
-from ..plotting import _figure, save_figure
+from ..distributions import logpdf
+from ..identities import DSI, TSI, Kappa, KappaBar, Mix, OptimalMix
+from ..plotting import panels, save_figure
 from ..processes import Cosine
-from ..sweep import save_dataset, variance
-from ..targets import logpdf
+from ..variance import save_dataset, variance
 from ._common import write_sweep
 
 __all__ = ["tsm_estimator_variance", "SETTINGS", "ESTIMATORS"]
 
 #: (n_times, n_outer, n_inner) per mode
 SETTINGS = {"quick": (8, 200, 16), "report": (24, 2000, 64), "full": (40, 10_000, 100)}
-ESTIMATORS = (DSI(), TSI(), Mix("kappa"), Mix("kappa_bar"), Mix("optimal"))
+ESTIMATORS = (DSI(), TSI(), Mix(Kappa()), Mix(KappaBar()), OptimalMix())
 
 
 def tsm_estimator_variance(out_dir, *, mode: str = "report", seed: int = 0, scheduler=None,
@@ -49,12 +49,12 @@ def _figure1(targets, proc, out: Path):
     t = np.linspace(0.0, 0.99, 100)
     grid = np.linspace(-2.5, 2.5, 401)
     ds = xr.Dataset(
-        {"kappa": (("target", "t"), np.stack([kappa(d, proc, t) for d in targets.values()])),
-         "kappa_bar": (("target", "t"), np.stack([kappa_bar(d, proc, t) for d in targets.values()])),
+        {"kappa": (("target", "t"), np.stack([Kappa()(d, proc.at(t)) for d in targets.values()])),
+         "kappa_bar": (("target", "t"), np.stack([KappaBar()(d, proc.at(t)) for d in targets.values()])),
          "density": (("target", "x"), np.stack([np.exp(logpdf(d, grid[:, None])) for d in targets.values()]))},
         coords={"target": list(targets), "t": t, "x": grid}, attrs={"process": repr(proc)})
     save_dataset(ds, out / "tsm_kappa.nc")
-    fig, axes = _figure(2 * len(targets), width=3.4, height=2.8)
+    fig, axes = panels(2 * len(targets), width=3.4, height=2.8)
     axes = list(axes)
     for i, name in enumerate(targets):
         top, bottom = axes[i], axes[i + len(targets)]

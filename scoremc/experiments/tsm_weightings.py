@@ -39,19 +39,19 @@ import xarray as xr
 
 from .._io import write_text
 from ..builtin import TSM_TARGETS
-from ..identities import kappa, kappa_bar
+from ..distributions import sample, score
+from ..identities import Kappa, KappaBar
 from ..noising import exact_score, marginal
 from ..objectives import DSM, TSM, MixSM, loss
-from ..plotting import save_figure
+from ..plotting import figure, save_figure
 from ..processes import Cosine
-from ..sweep import save_dataset
-from ..targets import sample, score
+from ..variance import save_dataset
 from ..weighting import WEIGHTINGS, normalizing_constant
 
 __all__ = ["run", "add_parser", "LOSSES", "T_MIN"]
 
 #: the four losses of TSM Fig. 4, by the name used in the outputs
-LOSSES = {"dsm": DSM(), "tsm": TSM(), "kappa": MixSM("kappa"), "kappa_bar": MixSM("kappa_bar")}
+LOSSES = {"dsm": DSM(), "tsm": TSM(), "kappa": MixSM(Kappa()), "kappa_bar": MixSM(KappaBar())}
 #: both ends of the cosine schedule are singular; TSM does not state its cut-off (FLAG-T7, T14)
 T_MIN = 1e-3
 SIZES = {"full": dict(n_estimates=10_000, n_per_estimate=100, n_cells=2000, n_plot=2001),
@@ -70,7 +70,7 @@ def _fisher(mixture) -> float:
     """E ||grad log p||^2 of a 1-D isotropic mixture, Gauss-Hermite per component."""
     z, w = _GH
     x = mixture.means[:, 0, None] + np.sqrt(2 * mixture.covs)[:, None] * z[None, :]  # (K, n)
-    s2 = score(mixture, x.reshape(-1, 1), method="numpy")[:, 0].reshape(x.shape) ** 2
+    s2 = score(mixture, x.reshape(-1, 1), method="reference")[:, 0].reshape(x.shape) ** 2
     return float(mixture.weights @ (s2 @ w) / np.sqrt(np.pi))
 
 
@@ -81,7 +81,8 @@ def expected_losses(dist, proc, t) -> dict:
     a, s = np.asarray(proc.alpha(t)), np.asarray(proc.sigma(t))
     f0 = _fisher(dist)
     ft = np.array([_fisher(marginal(dist, proc, tj)) for tj in t])
-    weights = {"dsm": 1.0, "tsm": 0.0, "kappa": kappa(dist, proc, t), "kappa_bar": kappa_bar(dist, proc, t)}
+    c = proc.at(t)
+    weights = {"dsm": 1.0, "tsm": 0.0, "kappa": Kappa()(dist, c), "kappa_bar": KappaBar()(dist, c)}
     return {k: w * w * dist.dim / s**2 + (1 - w) ** 2 * f0 / a**2 - ft for k, w in weights.items()}
 
 
@@ -130,22 +131,17 @@ def losses_dataset(proc, t_min: float, n_estimates: int, n_per_estimate: int, n_
     exact = np.empty((len(tnames), len(lnames), len(wnames)))
     cont = np.empty_like(exact)
     V = np.empty((len(tnames), len(lnames), n_cells))
-    bar = tqdm(total=len(tnames) * n_cells, desc="TSM Fig. 4", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(total=len(tnames) * len(lnames), desc="TSM Fig. 4", disable=not (progress and sys.stderr.isatty()))
     for i, tname in enumerate(tnames):
         dist = TSM_TARGETS[tname]()
-        es = exact_score(dist, proc, method="numpy")  # small batches: the plain path has no threading overhead
+        es = exact_score(dist, proc)
         cell = np.searchsorted(edges, t_min + (1 - 2 * t_min) * rng.random(n), side="right") - 1
         cell = np.clip(cell, 0, n_cells - 1)  # u = 1 - 2^-53 lands on the last edge
         x0 = sample(dist, n, rng)
         eps = rng.standard_normal((n, dist.dim))
         err = np.empty((len(lnames), n))
-        order = np.argsort(cell, kind="stable")
-        bounds = np.searchsorted(cell[order], np.arange(n_cells + 1))
-        for j in range(n_cells):
-            rows = order[bounds[j]:bounds[j + 1]]
-            if len(rows):
-                for k, lname in enumerate(lnames):
-                    err[k, rows] = loss(LOSSES[lname], es, dist, proc, mids[j], x0[rows], eps[rows])
+        for k, lname in enumerate(lnames):  # every row at its own cell midpoint: per-row coefficients
+            err[k] = loss(LOSSES[lname], es, dist, proc, mids[cell], x0, eps)
             bar.update()
         terms = (1 - 2 * t_min) * lam[None, :, cell] * err[:, None, :]  # (L, W, n)
         est[i] = terms.reshape(len(lnames), len(wnames), n_estimates, n_per_estimate).mean(-1)
@@ -174,18 +170,8 @@ def losses_dataset(proc, t_min: float, n_estimates: int, n_per_estimate: int, n_
     return ds
 
 
-def _figure(nrows=1, ncols=1, figsize=(6.4, 4.8), **subplot_kw):
-    """A pyplot-free Agg figure (no global backend switch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
-
-
 def plot_weightings(ds: xr.Dataset, path: Path) -> None:
-    fig, ax = _figure(figsize=(6.5, 4.2))
+    fig, ax = figure(figsize=(6.5, 4.2))
     ax = ax[0, 0]
     for name in ds.weighting.values:
         style = "--" if name.endswith("as-printed") else "-"
@@ -198,7 +184,7 @@ def plot_weightings(ds: xr.Dataset, path: Path) -> None:
 
 def plot_losses(ds: xr.Dataset, path: Path) -> None:
     nt, nw = ds.sizes["target"], ds.sizes["weighting"]
-    fig, axes = _figure(nt, nw, figsize=(3.0 * nw, 2.4 * nt), sharex=True)
+    fig, axes = figure(nt, nw, figsize=(3.0 * nw, 2.4 * nt), sharex=True)
     floor = 1e-12  # display only: the kappa-mixture on the unit Gaussian is exactly 0 up to round-off
     bins = np.linspace(-12, 8, 81)
     for i, tname in enumerate(ds.target.values):

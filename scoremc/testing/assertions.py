@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .. import _fd
+from .._validation import call_score
 from ..identities import Identity, integrand_samples
 from ..noising import exact_score, noised_sample
 from ..processes import EDM, Process
@@ -68,9 +68,9 @@ def numpy_score(model):
 
 
 def call_model(model, x: np.ndarray, t) -> np.ndarray:
-    """Evaluate ``model(x, t)`` with per-row times (the shape contract of :func:`scoremc._fd.call`),
-    returning float64 NumPy of shape x.shape."""
-    return _fd.call(numpy_score(model), x, t, name="model")
+    """Evaluate ``model(x, t)`` with per-row times (the shape contract of the package's score
+    callables: x (P, d), t (P,) -> (P, d)), returning float64 NumPy of shape x.shape."""
+    return call_score(numpy_score(model), np.asarray(x, dtype=np.float64), t, name="model")
 
 
 @dataclass(frozen=True)
@@ -173,10 +173,10 @@ def assert_estimator_unbiased(identity: Identity, dist, proc: Process, *, level:
 
 
 def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=None, n: int = 64, seed: int = 0,
-                          **fpe_options) -> CheckReport:
-    """The model solves the score Fokker-Planck equation: RMS |eps[s]| / RMS |d/dt s| <= rtol at
-    every t (SEEDS_SPEC §4.2; residual by finite differences unless derivatives are supplied in
-    ``fpe_options``, see :func:`scoremc.fpe_residual`), on x_t ~ p_t of ``dist``."""
+                          derivatives=None) -> CheckReport:
+    """The model solves the score Fokker-Planck equation (FP-Diffusion Eq. 9): RMS |eps[s]| /
+    RMS |d/dt s| <= rtol at every t, on x_t ~ p_t of ``dist``; the residual by finite differences
+    unless a ``derivatives`` source is given (see :func:`scoremc.fpe_residual`)."""
     from ..fpe import fpe_residual, time_derivative
 
     fn = numpy_score(model)
@@ -184,7 +184,7 @@ def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=
     rows = []
     for t in default_times(proc) if ts is None else ts:
         x = _noised_points(dist, proc, t, n, rng)
-        res = fpe_residual(fn, proc, x, t, **fpe_options)
+        res = fpe_residual(fn, proc, x, t, derivatives=derivatives, rng=rng)
         dt = time_derivative(fn, proc, x, t)
         err = _rel_rms(res, dt)
         rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
@@ -193,7 +193,7 @@ def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=
 
 
 def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=None, n: int = 64, seed: int = 0,
-                        **options) -> CheckReport:
+                        derivatives=None) -> CheckReport:
     """The model is a gradient field: |J - J^T|_F / |J|_F <= rtol (RMS over x_t ~ p_t), J the
     Jacobian in x (FP-Diffusion §6.2's curl, for any d)."""
     from ..conservativity import jacobian
@@ -203,7 +203,7 @@ def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=No
     rows = []
     for t in default_times(proc) if ts is None else ts:
         x = _noised_points(dist, proc, t, n, rng)
-        J = jacobian(fn, x, t, proc=proc, **options)
+        J = jacobian(fn, x, t, proc=proc, derivatives=derivatives)
         anti = 0.5 * (J - np.swapaxes(J, -1, -2))
         err = float(np.sqrt(np.mean(np.sum(anti**2, (-1, -2)))) / max(np.sqrt(np.mean(np.sum(J**2, (-1, -2)))),
                                                                         1e-300))

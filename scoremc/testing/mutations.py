@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..noising import exact_score
-from ..targets import GaussianMixture
+from ..distributions import GaussianMixture
 
 __all__ = ["scaled", "missing_component", "rotational", "wrong_time", "anisotropic", "rotated_output"]
 

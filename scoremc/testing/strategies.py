@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ..processes import EDM, VE, VP, Cosine, SubVP
-from ..targets import Empirical, GaussianMixture
+from ..distributions import Empirical, GaussianMixture
 
 __all__ = ["gaussian_mixtures", "empirical_targets", "processes", "times", "points"]
 

@@ -1,8 +1,12 @@
-"""Targets with exact laws, and the generic verbs ``logpdf``, ``score``, ``hessian``, ``sample``.
+"""Distributions with exact laws (the targets p0 of the package), and the generic verbs
+``logpdf``, ``score``, ``hessian``, ``divergence``, ``sample``.
 
 A target is a frozen dataclass holding validated, read-only float64 arrays. Verbs dispatch on the
 target's type (``functools.singledispatch``, in the spirit of Distributions.jl), so a later target
-type adds methods without touching the verbs.
+type adds methods without touching the verbs. Every verb evaluates on NumPy (float64) and on torch
+tensors (their dtype and device, differentiable); ``method="fast"`` (default) uses the BLAS + Numba
+path for NumPy input, ``method="reference"`` the namespace-generic reference path, which the fast
+path is tested against.
 
 ``GaussianMixture(weights, means, covs)``: covs of shape (K,) isotropic, (K, d) diagonal or
 (K, d, d) full. ``Empirical(points)``: the uniform mixture of Dirac masses at the rows of
@@ -15,15 +19,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _dense, _fast
+from . import _fast, _random, _reference
+from ._array import device_of, is_numpy, namespace, to_numpy
 from ._gaussians import Gaussians
 from ._validation import as_count, as_float_array, as_generator, as_points
 
-__all__ = ["GaussianMixture", "Empirical", "logpdf", "score", "hessian", "score_jacobian", "divergence",
-           "sample", "METHODS"]
+__all__ = ["GaussianMixture", "Empirical", "logpdf", "score", "hessian", "divergence", "sample", "normal_form",
+           "check_method", "METHODS"]
 
-#: computation paths: "fast" (BLAS + Numba) and "numpy" (plain per-component NumPy, the test oracle)
-METHODS = ("fast", "numpy")
+#: computation paths: "fast" (BLAS + Numba, NumPy input only) and "reference" (namespace-generic,
+#: the test oracle; the only path for torch input)
+METHODS = ("fast", "reference")
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -86,6 +92,16 @@ class _Target:
     def dim(self) -> int:
         return self._parts.dim
 
+    @property
+    def sigma_data(self) -> float:
+        """Data scale sqrt(tr Cov(p0) / d), the total standard deviation per dimension: the one source of
+        the sigma_data that kappa (TSM §4.1) and the preconditionings are built around."""
+        G = self._parts
+        w = np.exp(G.log_weights)
+        centred = G.means - w @ G.means
+        total = w @ (G.sum_dims(G.var) + (centred * centred).sum(-1))  # law of total variance, traced
+        return float(np.sqrt(total / self.dim))
+
 
 @dataclass(frozen=True, eq=False)
 class GaussianMixture(_Target):
@@ -118,8 +134,8 @@ class GaussianMixture(_Target):
         object.__setattr__(self, "cov_kind", kind)
 
     @classmethod
-    def _from_parts(cls, parts: Gaussians, kind: str) -> "GaussianMixture":
-        """Build from an already valid normal form (used by ``marginal``; skips re-validation)."""
+    def from_normal_form(cls, parts: Gaussians, kind: str) -> "GaussianMixture":
+        """Build from an already valid normal form (``marginal`` does; skips re-validation)."""
         self = object.__new__(cls)
         if kind == "iso":
             covs = parts.var[:, 0]
@@ -185,9 +201,19 @@ class Empirical(_Target):
         return f"Empirical(K={self.n_components}, d={self.dim})"
 
 
-def _parts_of(dist) -> Gaussians:
-    if not isinstance(dist, (GaussianMixture, Empirical)):
-        raise TypeError(f"dist must be a GaussianMixture or Empirical, got {type(dist).__name__}")
+@functools.singledispatch
+def normal_form(dist) -> Gaussians:
+    """The mixture normal form of a target (a registered verb: a new target type registers its own)."""
+    raise TypeError(f"dist must be a GaussianMixture or Empirical, got {type(dist).__name__}")
+
+
+@normal_form.register
+def _(dist: GaussianMixture) -> Gaussians:
+    return dist._parts
+
+
+@normal_form.register
+def _(dist: Empirical) -> Gaussians:
     return dist._parts
 
 
@@ -198,16 +224,21 @@ def check_method(method: str) -> str:
 
 
 def evaluate(G: Gaussians, x, what: str, method: str = "fast", tail: tuple = ()):
-    """Evaluate a per-row quantity of the mixture ``G`` at points x (..., d), keeping batch dims.
+    """A per-row quantity of the mixture ``G`` (its own law) at points x (..., d), keeping batch dims.
 
-    ``what`` names a function of :mod:`._fast` / :mod:`._dense`; ``tail`` is its per-row shape
-    (``()`` for logpdf, ``(d,)`` for score, ``(d, d)`` for the Hessian).
+    ``what`` names a function of :mod:`._fast` (NumPy, ``method="fast"``) or :mod:`._reference`;
+    ``tail`` is its per-row shape (``()`` for logpdf, ``(d,)`` for score, ``(d, d)`` for the Hessian).
     """
-    x = as_points(x, G.dim)
-    flat = np.ascontiguousarray(x.reshape(-1, G.dim))
-    module = _fast if (check_method(method) == "fast" and hasattr(_fast, what)) else _dense
-    out = getattr(module, what)(G, flat)
-    return out.reshape(x.shape[:-1] + tail)
+    check_method(method)
+    xp = namespace(x)
+    x = as_points(x, G.dim, xp=xp)
+    lead = tuple(x.shape[:-1])
+    flat = xp.reshape(x, (-1, G.dim))
+    if is_numpy(xp) and method == "fast" and hasattr(_fast, what):
+        out = getattr(_fast, what)(G, np.ascontiguousarray(flat))
+    else:
+        out = getattr(_reference, what)(G.to(xp, like=x), flat)
+    return xp.reshape(out, lead + tail)
 
 
 def _no_density(dist):
@@ -217,29 +248,26 @@ def _no_density(dist):
 
 @functools.singledispatch
 def logpdf(dist, x, *, method: str = "fast"):
-    """Log-density of ``dist`` at x (..., d) -> (...) float64."""
+    """Log-density of ``dist`` at x (..., d) -> (...)."""
     raise TypeError(f"logpdf is not defined for {type(dist).__name__}")
 
 
 @functools.singledispatch
 def score(dist, x, *, method: str = "fast"):
-    """Score grad_x log p(x) at x (..., d) -> (..., d) float64."""
+    """Score grad_x log p(x) at x (..., d) -> (..., d)."""
     raise TypeError(f"score is not defined for {type(dist).__name__}")
 
 
 @functools.singledispatch
-def hessian(dist, x, *, method: str = "numpy"):
+def hessian(dist, x, *, method: str = "reference"):
     """Hessian of log p (= Jacobian of the score, symmetric) at x (..., d) -> (..., d, d)."""
     raise TypeError(f"hessian is not defined for {type(dist).__name__}")
 
 
 @functools.singledispatch
-def divergence(dist, x, *, method: str = "numpy"):
+def divergence(dist, x, *, method: str = "reference"):
     """Divergence of the score (Laplacian of log p) at x (..., d) -> (...)."""
     raise TypeError(f"divergence is not defined for {type(dist).__name__}")
-
-
-score_jacobian = hessian
 
 
 @logpdf.register
@@ -253,12 +281,12 @@ def _(dist: GaussianMixture, x, *, method="fast"):
 
 
 @hessian.register
-def _(dist: GaussianMixture, x, *, method="numpy"):
+def _(dist: GaussianMixture, x, *, method="reference"):
     return evaluate(dist._parts, x, "hessian", method, (dist.dim, dist.dim))
 
 
 @divergence.register
-def _(dist: GaussianMixture, x, *, method="numpy"):
+def _(dist: GaussianMixture, x, *, method="reference"):
     return evaluate(dist._parts, x, "divergence", method)
 
 
@@ -266,20 +294,33 @@ for _verb in (logpdf, score, hessian, divergence):
     _verb.register(Empirical, lambda dist, x, *, method="fast": _no_density(dist))
 
 
-def sample_parts(G: Gaussians, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n draws from the normal form G, shape (n, d)."""
+def sample_parts(G: Gaussians, n: int, rng, dtype=None):
+    """n draws from the normal form G, shape (n, d): NumPy for a NumPy Generator, a tensor on the
+    generator's device for a torch.Generator. Full covariances are drawn component by component
+    through their factor Q_k diag(sqrt(lam_k)), so memory stays O(n d)."""
+    xp = _random.generator_namespace(rng)
     w = np.exp(G.log_weights - np.logaddexp.reduce(G.log_weights))
-    k = rng.choice(G.n_components, size=n, p=w)
-    z = rng.standard_normal((n, G.dim))
-    z *= np.sqrt(G.var)[k]  # (n, 1) or (n, d): in place, no broadcast copy of var
+    k = _random.categorical(rng, w, n)
+    z = _random.normal(rng, (n, G.dim), dtype)
+    H = G.to(xp, like=z)
+    z = z * xp.take(xp.sqrt(H.var), k, axis=0)
     if G.basis is not None:
-        z = np.einsum("nij,nj->ni", G.basis[k], z)
-    z += G.means[k]
-    return z
+        # group rows by component: one (n_k, d) @ (d, d) product each instead of an (n, d, d) gather
+        k_np = np.asarray(to_numpy(k), dtype=np.int64)
+        order = np.argsort(k_np, kind="stable")
+        bounds = np.searchsorted(k_np[order], np.arange(G.n_components + 1))
+        idx = xp.asarray(order, device=device_of(z))
+        zs = z[idx]
+        blocks = [zs[bounds[j]:bounds[j + 1]] @ xp.matrix_transpose(H.basis[j])
+                  for j in range(G.n_components) if bounds[j + 1] > bounds[j]]
+        z = xp.concat(blocks, axis=0)[xp.asarray(np.argsort(order), device=device_of(z))]
+    return z + xp.take(H.means, k, axis=0)
 
 
-def sample(dist, n, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``n`` independent samples, shape (n, d), from a target with an explicit Generator."""
+def sample(dist, n, rng, *, dtype=None):
+    """Draw ``n`` independent samples, shape (n, d), with an explicit generator: a
+    ``numpy.random.Generator`` gives float64 NumPy, a ``torch.Generator`` a tensor on its device
+    (``dtype``, default torch's default dtype)."""
     n = as_count(n, "n")
     rng = as_generator(rng)
-    return sample_parts(_parts_of(dist), n, rng)
+    return sample_parts(normal_form(dist), n, rng, dtype)
