@@ -7,6 +7,9 @@ import scoremc as smc
 from scoremc.testing import empirical_targets, gaussian_mixtures, points, processes, times
 
 targets = st.one_of(gaussian_mixtures(), empirical_targets())
+#: processes with alpha(t) != 1 (VE and EDM have alpha = 1, which hides a dropped alpha)
+scaled_processes = processes().filter(lambda p: not isinstance(p, (smc.VE, smc.EDM)))
+full_mixtures = gaussian_mixtures(d=st.integers(2, 4), k=st.integers(2, 4), cov="full")
 
 
 def _length_scale(dist, proc, t, x=None):
@@ -92,8 +95,45 @@ def test_tweedie_holds_to_round_off(dist, proc, data):
         assert np.abs(lhs - rhs).max() <= 1e-12 * scale
 
 
+@given(dist=full_mixtures, proc=scaled_processes, data=st.data())
+def test_tweedie_holds_for_full_covariances_with_alpha_below_one(dist, proc, data):
+    # alpha E[x0 | x_t] = x_t + sigma^2 s at per-row times, both paths; and the second-order identity
+    # alpha^2 Cov[x0 | x_t] = sigma^2 (I + sigma^2 H) (Tweedie; reference/derive.py derives both)
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t, n=st.integers(2, 6)))
+    a, s2 = proc.alpha(t), proc.sigma(t) ** 2
+    assert a < 1.0
+    for method in ("fast", "reference"):
+        post = smc.posterior(dist, proc, t, x, method=method)
+        rhs = x + s2 * smc.exact_score(dist, proc, method=method)(x, t)
+        scale = np.abs(x).max() + np.abs(rhs).max() + 1.0
+        assert np.abs(a * post.mean() - rhs).max() <= 1e-12 * scale
+    H = smc.exact_score(dist, proc).hessian(x, t)
+    cov = smc.posterior(dist, proc, t, x).cov()
+    second = s2 * (np.eye(dist.dim) + s2 * H)
+    np.testing.assert_allclose(a * a * cov, second, rtol=0, atol=1e-10 * (np.abs(second).max() + s2))
+    # per-row times: each row against a call at its own time
+    ts = np.linspace(0.2, 0.8, len(x))
+    rows = smc.exact_score(dist, proc)(x, ts)
+    for i, ti in enumerate(ts):
+        np.testing.assert_allclose(rows[i], smc.exact_score(dist, proc)(x[i:i + 1], ti)[0], rtol=1e-12, atol=1e-12)
+
+
+@given(dist=full_mixtures, proc=scaled_processes, data=st.data())
+def test_fast_and_reference_paths_agree_for_full_covariances_with_alpha_below_one(dist, proc, data):
+    t = data.draw(times(proc))
+    x = data.draw(points(dist, proc, t, n=st.integers(1, 40)))
+    es_fast, es_ref = smc.exact_score(dist, proc), smc.exact_score(dist, proc, method="reference")
+    ell = _length_scale(dist, proc, t)
+    np.testing.assert_allclose(es_fast.logpdf(x, t), es_ref.logpdf(x, t), rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(es_fast(x, t), es_ref(x, t), rtol=1e-10, atol=1e-11 / ell)
+    pf, pr = smc.posterior(dist, proc, t, x), smc.posterior(dist, proc, t, x, method="reference")
+    np.testing.assert_allclose(pf.weights, pr.weights, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(pf.mean(), pr.mean(), rtol=1e-10, atol=1e-11)
+
+
 @given(dist=targets, proc=processes(), data=st.data())
-def test_fast_and_numpy_paths_agree(dist, proc, data):
+def test_fast_and_reference_paths_agree(dist, proc, data):
     t = data.draw(times(proc))
     x = data.draw(points(dist, proc, t, n=st.integers(1, 40)))
     m = smc.marginal(dist, proc, t)
