@@ -14,7 +14,7 @@ from .distributions import Empirical, GaussianMixture, divergence, hessian, logp
 from .noising import ExactScore, Posterior, exact_score, marginal, noised_sample, posterior
 from .analytic import AnalyticScore
 # score identities, Monte Carlo estimates and their variance by noise level
-from .identities import (DSI, STF, TSI, Identity, Kappa, KappaBar, Mix, MixWeight, OptimalMix, PointwiseIdentity,
+from .identities import (DSI, STF, TSI, Identity, Kappa, KappaBar, Mix, WeightRule, OptimalMix, PointwiseIdentity,
                          estimate, integrand_samples, stf_target)
 from .variance import save_dataset, variance
 # derivative sources
@@ -44,7 +44,7 @@ __all__ = [
     "GaussianMixture", "Empirical", "logpdf", "score", "hessian", "divergence", "sample",
     "marginal", "posterior", "Posterior", "exact_score", "ExactScore", "noised_sample", "AnalyticScore",
     # identities, estimates, variance
-    "Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "MixWeight", "Kappa", "KappaBar", "OptimalMix", "STF",
+    "Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "WeightRule", "Kappa", "KappaBar", "OptimalMix", "STF",
     "stf_target", "integrand_samples", "estimate", "variance", "save_dataset",
     # derivative sources
     "DerivativeSource", "Exact", "Jacobian", "Divergence", "CentralDifference", "Hutchinson", "Autograd",

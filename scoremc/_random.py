@@ -25,30 +25,26 @@ def generator_namespace(rng):
     return np_xp
 
 
-def _dtype(rng, dtype):
-    return dtype if dtype is not None else default_float(generator_namespace(rng))
+def _draw(rng, shape, dtype, torch_name: str, numpy_name: str):
+    """torch.<torch_name>(shape, generator=rng) on the generator's device, or rng.<numpy_name>(shape)."""
+    shape = tuple(int(s) for s in shape)
+    if _is_torch(rng):
+        import torch
+
+        dtype = dtype if dtype is not None else default_float(generator_namespace(rng))
+        return getattr(torch, torch_name)(shape, generator=rng, dtype=dtype, device=rng.device)
+    out = getattr(rng, numpy_name)(shape)
+    return out if dtype is None else out.astype(dtype)
 
 
 def normal(rng, shape, dtype=None):
     """Standard normal draws of ``shape`` (float64 for NumPy unless ``dtype``)."""
-    shape = tuple(int(s) for s in shape)
-    if _is_torch(rng):
-        import torch
-
-        return torch.randn(shape, generator=rng, dtype=_dtype(rng, dtype), device=rng.device)
-    out = rng.standard_normal(shape)
-    return out if dtype is None else out.astype(dtype)
+    return _draw(rng, shape, dtype, "randn", "standard_normal")
 
 
 def uniform(rng, shape, dtype=None):
     """U[0, 1) draws of ``shape``."""
-    shape = tuple(int(s) for s in shape)
-    if _is_torch(rng):
-        import torch
-
-        return torch.rand(shape, generator=rng, dtype=_dtype(rng, dtype), device=rng.device)
-    out = rng.random(shape)
-    return out if dtype is None else out.astype(dtype)
+    return _draw(rng, shape, dtype, "rand", "random")
 
 
 def rademacher(rng, shape, dtype=None):

@@ -30,10 +30,10 @@ import numpy as np
 
 from ._array import namespace
 from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
-from .distributions import GaussianMixture, normal_form, sample, score
+from .distributions import normal_form, sample, score
 from .noising import Posterior, posterior
 
-__all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "MixWeight", "Kappa", "KappaBar", "OptimalMix",
+__all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "WeightRule", "Kappa", "KappaBar", "OptimalMix",
            "STF", "stf_target", "integrand_samples", "estimate"]
 
 
@@ -71,7 +71,9 @@ class PointwiseIdentity(Identity):
 
 
 def _single_gaussian(dist) -> bool:
-    return isinstance(dist, GaussianMixture) and dist.n_components == 1
+    """A target whose normal form is one Gaussian with a density (where L is affine in x0)."""
+    G = normal_form(dist)
+    return G.n_components == 1 and bool((G.var > 0).all())
 
 
 def _affine_parts(post: Posterior):
@@ -130,8 +132,9 @@ class TSI(PointwiseIdentity):
         return _affine_trace_cov(post, 0.0)
 
 
-class MixWeight(abc.ABC):
-    """A named DSI weight w_t of a mixture, pure arithmetic of the target and (alpha, sigma)."""
+class WeightRule(abc.ABC):
+    """A named rule for the DSI weight w_t of a mixture (TSM §4.1), pure arithmetic of the target and
+    (alpha, sigma)."""
 
     name: ClassVar[str]
 
@@ -141,7 +144,7 @@ class MixWeight(abc.ABC):
 
 
 @dataclass(frozen=True)
-class Kappa(MixWeight):
+class Kappa(WeightRule):
     """kappa_t = sigma^2 / (sigma^2 + alpha^2 sigma_data^2) (TSM §4.1), sigma_data^2 = tr Cov(p0) / d:
     the zero-variance DSI weight for a Gaussian target N(0, sigma_data^2 I) (TSM App. C). With the
     cosine schedule and sigma_data = 1 it is sigma_t^2 (the Phillips et al. mixture, TSM Eq. 9)."""
@@ -154,7 +157,7 @@ class Kappa(MixWeight):
 
 
 @dataclass(frozen=True)
-class KappaBar(MixWeight):
+class KappaBar(WeightRule):
     """kappa-bar_t = sigma^2 / (sigma^2 + alpha^2 sigma_mode^2), sigma_mode^2 = sum_k pi_k tr(Sigma_k) / d,
     the mixture-averaged component variance (TSM §4.1); 1 (pure DSI) for an ``Empirical``."""
 
@@ -171,26 +174,26 @@ class KappaBar(MixWeight):
 class Mix(PointwiseIdentity):
     """w DSI + (1 - w) TSI; ``w`` is the weight on DSI (TSM §4.1, Eq. 19).
 
-    ``w``: a number, a callable ``w(t)`` of the per-row times, or a :class:`MixWeight`
+    ``w``: a number, a callable ``w(t)`` of the per-row times, or a :class:`WeightRule`
     (``Kappa()``, ``KappaBar()``). The pointwise variance-optimal weight is :class:`OptimalMix`.
     """
 
-    w: Union[float, Callable, MixWeight] = Kappa()
+    w: Union[float, Callable, WeightRule] = Kappa()
 
     def __post_init__(self):
         w = self.w
-        if isinstance(w, MixWeight):
+        if isinstance(w, WeightRule):
             return
         if isinstance(w, numbers.Real) and not isinstance(w, bool):
             if not math.isfinite(w):
                 raise ValueError(f"w must be finite, got {w}")
         elif not callable(w):
-            raise TypeError(f"w must be a number, a callable of t or a MixWeight (Kappa(), KappaBar()); "
+            raise TypeError(f"w must be a number, a callable of t or a WeightRule (Kappa(), KappaBar()); "
                             f"got {type(w).__name__} {w!r}")
 
     @property
     def name(self) -> str:
-        if isinstance(self.w, MixWeight):
+        if isinstance(self.w, WeightRule):
             return self.w.name
         if callable(self.w):
             return f"mix({getattr(self.w, '__name__', 'w(t)')})"
@@ -198,7 +201,7 @@ class Mix(PointwiseIdentity):
 
     def weight(self, dist, coef):
         """The DSI weight at the coefficients' times, shaped like ``coef.alpha`` (or a float)."""
-        if isinstance(self.w, MixWeight):
+        if isinstance(self.w, WeightRule):
             return self.w(dist, coef)
         if callable(self.w):
             return as_array(self.w(coef.t), "w(t)", namespace(coef.t), like=coef.t)

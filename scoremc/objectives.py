@@ -33,7 +33,7 @@ from typing import Callable, ClassVar, Union
 from ._array import namespace
 from ._validation import as_array, as_count, call_score, check_process
 from .distributions import normal_form
-from .identities import DSI, STF, TSI, Mix, MixWeight, PointwiseIdentity
+from .identities import DSI, STF, TSI, Mix, WeightRule, PointwiseIdentity
 from .processes import Coefficients
 from .weighting import Weighting
 
@@ -120,7 +120,7 @@ class MixSM(Regression):
     callable of t, ``Kappa()`` or ``KappaBar()``. ``Kappa()`` with the cosine schedule and
     sigma_data = 1 is the Phillips et al. target (TSM Eq. 9)."""
 
-    w: Union[float, Callable, MixWeight]
+    w: Union[float, Callable, WeightRule]
 
     def __post_init__(self):
         Mix(self.w)  # validates w
