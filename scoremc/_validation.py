@@ -160,7 +160,13 @@ def call_score(fn, x, t, tail=None, name: str = "score_fn"):
     tail = (d,) if tail is None else tuple(tail)
     lead = tuple(x.shape[:-1])
     size = int(np.prod(lead, dtype=np.int64))
-    tt = xp.reshape(xp.broadcast_to(xp.asarray(t, dtype=x.dtype, device=device_of(x)), lead), (size,))
+    if not is_numpy(xp) and namespace(t) is xp:
+        # a tensor t: a differentiable cast (torch.asarray of a tensor that requires grad detaches it on
+        # torch < 2.13, which breaks d/dt by autograd)
+        tt = aac.to_device(xp.astype(t, x.dtype), device_of(x))
+    else:
+        tt = xp.asarray(t, dtype=x.dtype, device=device_of(x))
+    tt = xp.reshape(xp.broadcast_to(tt, lead), (size,))
     out = fn(xp.reshape(x, (size, d)), tt)
     if is_numpy(xp):
         out = np.asarray(out, dtype=np.float64)

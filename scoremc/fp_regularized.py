@@ -27,7 +27,7 @@ class FPRegularized(Objective):
     alpha = beta = 0 is vanilla DSM (with FP-Diffusion's 1/2). Defaults are the paper's synthetic-data
     recipe (alpha, beta, lambda_FP, m) = (0.0015, 0, 1, 1); CIFAR used (0.15, 0.01, g^2, 2). The 1/d^m
     normalisation is an OCR reconstruction matching the public code. ||eps||^m is computed as
-    (sum eps^2)^(m/2).
+    (sum eps^2)^(m/2); a row with eps = 0 has value and parameter gradient 0 (the subgradient; not NaN).
     """
 
     alpha: float = 0.0015
@@ -64,7 +64,11 @@ class FPRegularized(Objective):
         opts = dict(derivatives=self.derivatives, rng=b.rng)
         if self.alpha:
             res = fpe_residual(b.score_fn, b.proc, b.xt, b.t, h_s=self.h_s, h_d=self.h_d, **opts)
-            norm_m = xp.sum(res * res, axis=-1) ** (0.5 * self.m)
+            sq = xp.sum(res * res, axis=-1)
+            # a zero residual (a saturated network, or a row that solves the score-FPE) contributes 0 with
+            # gradient 0; without the inner where, (0)^(m/2) back-propagates inf * 0 = NaN for m < 2
+            zero = sq == 0
+            norm_m = xp.where(zero, xp.zeros_like(sq), xp.where(zero, xp.ones_like(sq), sq) ** (0.5 * self.m))
             out = out + self.alpha / b.dim**self.m * self.lambda_fp.score_space(b.proc, b.t) * norm_m
         if self.beta:
             out = out + self.beta * xp.abs(fpe_operator(b.score_fn, b.proc, b.xt, b.t, **opts))
