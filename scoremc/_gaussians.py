@@ -56,7 +56,8 @@ class Gaussians:
         dtype, device = like.dtype, device_of(like)
         key = (xp.__name__, str(dtype), str(device))
         if key not in self._copies:
-            conv = [None if a is None else xp.asarray(a, dtype=dtype, device=device)
+            # np.array copies: the canonical arrays are read-only, which torch.asarray warns about
+            conv = [None if a is None else xp.asarray(np.array(a), dtype=dtype, device=device)
                     for a in (self.log_weights, self.means, self.var, self.basis)]
             self._copies[key] = Gaussians(*conv)
         return self._copies[key]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 
-from ._array import matvec
+from ._array import matvec, namespace
 
 __all__ = ["AnalyticScore"]
 
@@ -38,7 +38,8 @@ class AnalyticScore(abc.ABC):
     def dt(self, x, t): ...
 
     def fpe_terms(self, x, t):
-        """(div s, grad div s, H s, H x, s) at x's rows: what the closed-form score-FPE residual needs
-        (subclasses may compute them in one pass)."""
-        H, s = self.hessian(x, t), self(x, t)
-        return self.divergence(x, t), self.grad_divergence(x, t), matvec(H, s), matvec(H, x), s
+        """(div s, grad div s, J^T s, J^T x, s) at x's rows, J[i, j] = d s_i / d x_j: what the closed-form
+        score-FPE residual needs (grad_x ||s||^2 = 2 J^T s, grad_x <x, s> = s + J^T x). A network's J
+        is not symmetric; a score with a symmetric J (a Hessian) may compute these in one pass."""
+        JT, s = namespace(x).matrix_transpose(self.hessian(x, t)), self(x, t)
+        return self.divergence(x, t), self.grad_divergence(x, t), matvec(JT, s), matvec(JT, x), s

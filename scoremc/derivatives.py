@@ -22,7 +22,7 @@ import abc
 import math
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 from . import _random
 from ._array import device_of, is_numpy, matvec, namespace
@@ -157,40 +157,39 @@ class Exact(DerivativeSource):
 
 
 @dataclass(frozen=True)
-class Jacobian(DerivativeSource):
-    """A user Jacobian ``fn(x, t)`` -> (P, d, d), ``J[i, j] = d s_i / d x_j`` (x (P, d), t (P,)).
-    ``step``: the central-difference step of quantities the Jacobian does not give (grad_x L[s])."""
+class _UserCallable(DerivativeSource):
+    """A derivative the user computes: ``fn(x (P, d), t (P,))`` -> ``returns``. ``step``: the
+    central-difference step of the quantities it does not give (grad_x L[s] in the score-FPE)."""
 
     fn: Callable
     step: object = None
+    returns: ClassVar[str] = ""
 
     def __post_init__(self):
         if not callable(self.fn):
-            raise TypeError(f"Jacobian needs a callable (x, t) -> (P, d, d), got {type(self.fn).__name__}")
+            raise TypeError(f"{type(self).__name__} needs a callable (x, t) -> {self.returns}, got "
+                            f"{type(self.fn).__name__}")
         _check_step(self.step)
 
     def spatial_step(self, proc, t):
         return _step_or_default(self.step, proc, t)
+
+
+@dataclass(frozen=True)
+class Jacobian(_UserCallable):
+    """A user Jacobian ``fn(x, t)`` -> (P, d, d), ``J[i, j] = d s_i / d x_j`` (x (P, d), t (P,))."""
+
+    returns: ClassVar[str] = "(P, d, d)"
 
     def jacobian(self, fn, x, t, *, proc=None, rng=None):
         return call_score(self.fn, x, t, tail=(x.shape[-1],) * 2, name="jacobian")
 
 
 @dataclass(frozen=True)
-class Divergence(DerivativeSource):
-    """A user divergence ``fn(x, t)`` -> (P,) (x (P, d), t (P,)); gives no Jacobian or J v. ``step``: the
-    central-difference step of quantities it does not give (grad_x L[s])."""
+class Divergence(_UserCallable):
+    """A user divergence ``fn(x, t)`` -> (P,) (x (P, d), t (P,)); gives no Jacobian or J v."""
 
-    fn: Callable
-    step: object = None
-
-    def __post_init__(self):
-        if not callable(self.fn):
-            raise TypeError(f"Divergence needs a callable (x, t) -> (P,), got {type(self.fn).__name__}")
-        _check_step(self.step)
-
-    def spatial_step(self, proc, t):
-        return _step_or_default(self.step, proc, t)
+    returns: ClassVar[str] = "(P,)"
 
     def divergence(self, fn, x, t, *, proc=None, rng=None):
         return call_score(self.fn, x, t, tail=(), name="divergence")

@@ -9,7 +9,7 @@ eps[s] = d/dt s - grad_x L[s], which vanishes for the exact score. The derivativ
 ``derivatives`` source (:mod:`scoremc.derivatives`; default: closed forms for an
 :class:`~scoremc.analytic.AnalyticScore` such as ``exact_score``, central differences otherwise):
 
-* :class:`~scoremc.derivatives.Exact`: grad_x L = 1/2 g^2 grad div s + g^2 H s - f(t) (s + H x) and
+* :class:`~scoremc.derivatives.Exact`: grad_x L = 1/2 g^2 grad div s + g^2 J^T s - f(t) (s + J^T x) and
   the exact d/dt s, to round-off;
 * :class:`~scoremc.derivatives.Autograd` (torch): div s, grad_x L and d/dt s by autograd, exact;
 * any other source (the estimator of FP-Diffusion §5 / App. C): div s from the source (Hutchinson
@@ -69,9 +69,9 @@ class _Generic:
 
 
 def _exact_gradient(fn, x, t, g2, f):
-    """grad_x L = 1/2 g^2 grad div s + g^2 H s - f (s + H x) from the closed forms."""
-    _, grad_div, Hs, Hx, s = Exact._analytic(fn).fpe_terms(x, t)
-    return 0.5 * g2[..., None] * grad_div + g2[..., None] * Hs - f[..., None] * (s + Hx)
+    """grad_x L = 1/2 g^2 grad div s + g^2 J^T s - f (s + J^T x) from the closed forms (``fpe_terms``)."""
+    _, grad_div, JTs, JTx, s = Exact._analytic(fn).fpe_terms(x, t)
+    return 0.5 * g2[..., None] * grad_div + g2[..., None] * JTs - f[..., None] * (s + JTx)
 
 
 def _autograd_parts(fn, x, t, g2, f, with_dt: bool):

@@ -282,7 +282,8 @@ class ExactScore(AnalyticScore):
         return self._evaluate(x, t, "dt_score")
 
     def fpe_terms(self, x, t):
-        """(div s, grad div s, H s, H x, s) in one pass over x's rows, for the closed-form score-FPE."""
+        """(div s, grad div s, H s, H x, s) in one pass over x's rows, for the closed-form score-FPE (the
+        Hessian H is symmetric, so H s = J^T s)."""
         return self._evaluate(x, t, "grad_divergence")
 
 

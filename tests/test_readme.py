@@ -17,4 +17,4 @@ def test_readme_block_runs(code, tmp_path, monkeypatch):
     if "import torch" in code:
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"README.md block", "exec"), {"__name__": "readme"})
+    exec(compile(code, "README.md block", "exec"), {"__name__": "readme"})

@@ -132,7 +132,7 @@ def _stf_nref(ds):
                 good_all &= bool(_le((n[e] - 1) * v, v_dsm, (n[e] - 1) * se, se_dsm, top).all())
                 ratios.append(float(np.max((n[e] - 1) * v / v_dsm)))
             out.append(Claim(f"stf-nref-bound:{target}", f"{target}: V_STF <~ V_DSM / (n_ref - 1) (STF Fig. 3(c))",
-                             good_all, f"max (n_ref - 1) V_STF / V_DSM per n_ref: "
+                             good_all, "max (n_ref - 1) V_STF / V_DSM per n_ref: "
                              + ", ".join(f"{r:.3g}" for r in ratios)))
     return out
 
