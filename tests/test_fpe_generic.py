@@ -203,3 +203,15 @@ def test_invalid_input_is_refused(rng):
         smc.fpe_operator(f, proc, x, 0.5, derivatives=smc.Autograd())
     with pytest.raises(ValueError, match="must return shape"):
         smc.fpe_operator(lambda y, t: y[:, :1], proc, x, 0.5)
+
+
+def test_central_difference_along_probes_has_the_documented_step():
+    # CentralDifference().vjv steps h / sqrt(d) along unit-scale probes v (displacement ~ h). For the
+    # cubic field s(x) = x^3 (elementwise) the central difference of J v is exact up to
+    # h_eff^2 v^3, so v^T J v errs by exactly h_eff^2 sum_i v_i^4 with h_eff = h / sqrt(d)
+    rng = np.random.default_rng(5)
+    d, h = 4, 1e-2
+    x, v = rng.normal(size=(3, d)), rng.normal(size=(2, 3, d))
+    got = smc.CentralDifference(h).vjv(lambda y, t: y**3, x, np.zeros(3), v)
+    exact = (v * 3 * x**2 * v).sum(-1)
+    np.testing.assert_allclose(got - exact, (h * h / d) * (v**4).sum(-1), rtol=1e-6)
