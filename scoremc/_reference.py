@@ -21,7 +21,7 @@ from ._array import LOG_2PI, device_of, logsumexp, namespace, outer_sum
 from ._gaussians import Gaussians, no_density_message
 
 __all__ = ["terms", "map_rows", "logpdf", "log_responsibilities", "score", "hessian", "divergence",
-           "grad_divergence", "dt_score", "posterior_terms", "posterior_trace_cov"]
+           "grad_divergence", "dt_score", "posterior_terms", "posterior_cov", "posterior_trace_cov"]
 
 #: floats of (rows, K, d) temporaries per chunk (32 MiB in float64)
 BUDGET = 1 << 22
@@ -239,6 +239,25 @@ def _posterior_trace_cov(P, x, a, s):
     post_var = xp.broadcast_to(post_var, T.r.shape + (P.var.shape[-1],))
     return xp.sum(T.r * P.sum_dims(post_var), axis=-1) \
         + xp.sum(T.r * xp.sum(c * c, axis=-1), axis=-1)
+
+
+def _posterior_cov(P, x, a, s):
+    xp = namespace(x)
+    T = terms(P, x, a, s)
+    m = _component_means(P, T, a, xp)
+    c = m - xp.sum(T.r[..., None] * m, axis=1)[:, None, :]
+    rg = T.r[..., None] * (P.var * _c3(s, xp) ** 2 * T.prec)  # r_k times the posterior eigenvalues, (n, K, 1|d)
+    between = xp.matrix_transpose(T.r[..., None] * c) @ c  # sum_k r_k c_k c_k^T as one batched GEMM
+    if P.basis is None:
+        diag = xp.sum(xp.broadcast_to(rg, c.shape), axis=1)
+        return between + xp.eye(P.dim, dtype=c.dtype, device=device_of(c)) * diag[:, None, :]
+    return between + xp.sum((P.basis * rg[:, :, None, :]) @ xp.matrix_transpose(P.basis), axis=1)
+
+
+def posterior_cov(P, x, alpha, sigma):
+    """Cov[x0 | x_t = x], shape (n, d, d), by the law of total covariance in the centred form
+    sum_k r_k (Gamma_k + c_k c_k^T), c_k = m_k - mean; no dense (K, d, d) array for iso/diag components."""
+    return map_rows(_posterior_cov, P, x, alpha, sigma, width=1 + P.dim)
 
 
 def posterior_trace_cov(P, x, alpha, sigma):

@@ -115,7 +115,9 @@ def as_count(n, name: str, *, minimum: int = 1) -> int:
 def as_generator(rng, name: str = "rng"):
     """Demand an explicit ``numpy.random.Generator`` or ``torch.Generator``: randomness never comes
     from global state."""
-    if isinstance(rng, np.random.Generator):
+    from ._random import RowStream
+
+    if isinstance(rng, (np.random.Generator, RowStream)):
         return rng
     import sys
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _fast, _random, _reference
-from ._array import device_of, is_numpy, namespace, to_numpy
+from ._array import default_float, device_of, is_numpy, namespace, to_numpy
 from ._gaussians import Gaussians
 from ._validation import as_count, as_float_array, as_generator, as_points
 
@@ -152,9 +152,13 @@ class GaussianMixture(_Target):
 
     def cov(self) -> np.ndarray:
         """Covariance of the mixture (law of total covariance), shape (d, d)."""
+        G = self._parts
         centred = self.means - self.mean()
-        within = np.einsum("k,kij->ij", self.weights, self._parts.dense_covs())
-        return within + np.einsum("k,ki,kj->ij", self.weights, centred, centred)
+        between = centred.T @ (self.weights[:, None] * centred)
+        wvar = self.weights[:, None] * np.broadcast_to(G.var, (self.n_components, self.dim))
+        if G.basis is None:  # iso/diag: the within part is diagonal; no (K, d, d) array
+            return between + np.diag(wvar.sum(0))
+        return between + np.einsum("kij,kj,klj->il", G.basis, wvar, G.basis, optimize=True)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.n_components}, d={self.dim}, covs={self.cov_kind!r})"
@@ -294,15 +298,22 @@ for _verb in (logpdf, score, hessian, divergence):
     _verb.register(Empirical, lambda dist, x, *, method="fast": _no_density(dist))
 
 
-def sample_parts(G: Gaussians, n: int, rng, dtype=None):
-    """n draws from the normal form G, shape (n, d): NumPy for a NumPy Generator, a tensor on the
-    generator's device for a torch.Generator. Full covariances are drawn component by component
-    through their factor Q_k diag(sqrt(lam_k)), so memory stays O(n d)."""
+def sample_parts(G: Gaussians, shape, rng, dtype=None, rows_axis: int = 0):
+    """Draws from the normal form G of batch ``shape`` (an int n or a tuple), shape ``shape + (d,)``: NumPy
+    for a NumPy Generator (or a RowStream, whose row axis is ``rows_axis``), a tensor on the generator's
+    device for a torch.Generator. Point masses (an Empirical) draw only their indices; full covariances
+    are drawn component by component through their factor Q_k diag(sqrt(lam_k)), so memory stays O(n d)."""
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    n = int(np.prod(shape, dtype=np.int64))
     xp = _random.generator_namespace(rng)
     w = np.exp(G.log_weights - np.logaddexp.reduce(G.log_weights))
-    k = _random.categorical(rng, w, n)
-    z = _random.normal(rng, (n, G.dim), dtype)
-    H = G.to(xp, like=z)
+    k = xp.reshape(_random.categorical(rng, w, shape, rows_axis), (n,))
+    like = xp.asarray(np.zeros(0), dtype=dtype if dtype is not None else default_float(xp),
+                      device=None if is_numpy(xp) else rng.device)
+    H = G.to(xp, like=like)
+    if not bool(np.any(G.var > 0)):  # point masses: no noise to draw
+        return xp.reshape(xp.take(H.means, k, axis=0), shape + (G.dim,))
+    z = xp.reshape(_random.normal(rng, shape + (G.dim,), like.dtype, rows_axis), (n, G.dim))
     z = z * xp.take(xp.sqrt(H.var), k, axis=0)
     if G.basis is not None:
         # group rows by component: one (n_k, d) @ (d, d) product each instead of an (n, d, d) gather
@@ -314,7 +325,7 @@ def sample_parts(G: Gaussians, n: int, rng, dtype=None):
         blocks = [zs[bounds[j]:bounds[j + 1]] @ xp.matrix_transpose(H.basis[j])
                   for j in range(G.n_components) if bounds[j + 1] > bounds[j]]
         z = xp.concat(blocks, axis=0)[xp.asarray(np.argsort(order), device=device_of(z))]
-    return z + xp.take(H.means, k, axis=0)
+    return xp.reshape(z + xp.take(H.means, k, axis=0), shape + (G.dim,))
 
 
 def sample(dist, n, rng, *, dtype=None):

@@ -30,7 +30,9 @@ import numpy as np
 
 from ._array import namespace
 from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
-from .distributions import normal_form, sample, score
+from . import _random
+from ._blocks import block_rows, map_blocks
+from .distributions import normal_form, sample_parts, score
 from .noising import Posterior, posterior
 
 __all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "WeightRule", "Kappa", "KappaBar", "OptimalMix",
@@ -224,7 +226,8 @@ class OptimalMix(Identity):
         w*(x_t) = -tr Cov(T, D - T) / tr Var(D - T),   D = DSI, T = TSI under p(x0 | x_t).
 
     :meth:`draws` computes w* from an independent pilot batch of posterior draws, so that the
-    estimate stays unbiased; on a one-component Gaussian target the trace covariance is exact.
+    estimate stays unbiased (over the pilot: the n draws share the estimated weight, so they are not
+    independent given x_t); on a one-component Gaussian target the trace covariance is exact.
     Not a regression target (w* depends on x_t through the posterior).
     """
 
@@ -287,8 +290,6 @@ class STF(PointwiseIdentity):
     """
 
     n_ref: int = 2
-    #: floats of reference batch drawn at once (32 MiB in float64)
-    budget: ClassVar[int] = 1 << 22
 
     def __post_init__(self):
         as_count(self.n_ref, "n_ref")
@@ -299,7 +300,8 @@ class STF(PointwiseIdentity):
 
     def integrand(self, dist, coef, x0, xt, rng=None, *, others=None):
         """v over {x0, others}: x0 (..., N, d); ``others`` (n_ref - 1, d) shared or (..., N, n_ref - 1, d),
-        else drawn from p0 with ``rng`` in blocks along x0's leading axis."""
+        else drawn from p0 with ``rng`` in canonical blocks of inner draws and rows (:mod:`._blocks`; a
+        NumPy generator through a RowStream, so each row's numbers do not depend on the other rows)."""
         xp = namespace(x0, xt)
         k = self.n_ref - 1
         if others is not None or k == 0:
@@ -312,14 +314,30 @@ class STF(PointwiseIdentity):
         rng = as_generator(rng)
         stack = x0 if x0.ndim == 3 else x0[None]
         m, N, d = stack.shape
-        block = max(1, self.budget // max(1, N * self.n_ref * d))
-        parts = []
-        for i in range(0, m, block):
-            x1 = stack[i:i + block]
-            drawn = sample(dist, x1.shape[0] * N * k, rng, dtype=x1.dtype)
-            drawn = xp.reshape(drawn, (x1.shape[0], N, k, d))
-            parts.append(stf_target(xt, coef.sigma, xp.concat([x1[..., None, :], drawn], axis=-2), coef.alpha))
-        out = xp.concat(parts, axis=0)
+        G = normal_form(dist)
+        if isinstance(rng, np.random.Generator):
+            rng = _random.RowStream.from_generator(rng, np.arange(N))
+        # blocks of inner draws and of rows, both of about BLOCK floats of reference points
+        block = min(m, block_rows(k * d))
+        rows = block_rows(block * k * d)
+        out = []
+        for i in range(0, N, rows):
+            j = min(N, i + rows)
+            sub = rng.subset(i, j) if isinstance(rng, _random.RowStream) else rng
+            s_i = coef.sigma[i:j] if getattr(coef.sigma, "ndim", 0) == 2 else coef.sigma
+            a_i = coef.alpha[i:j] if getattr(coef.alpha, "ndim", 0) == 2 else coef.alpha
+            part = []
+            for a in range(0, m, block):
+                mb = min(m, a + block) - a
+                if isinstance(sub, _random.RowStream):  # one composite row per (row, inner draw)
+                    drawn = sample_parts(G, ((j - i) * mb, k), sub.expand(m, a, a + mb), stack.dtype)
+                    drawn = xp.permute_dims(xp.reshape(drawn, (j - i, mb, k, d)), (1, 0, 2, 3))
+                else:
+                    drawn = sample_parts(G, (mb, j - i, k), sub, stack.dtype)
+                ref = xp.concat([stack[a:a + mb, i:j, None, :], drawn], axis=-2)
+                part.append(stf_target(xt[i:j], s_i, ref, a_i))
+            out.append(xp.concat(part, axis=0))
+        out = xp.concat(out, axis=1)
         return out if x0.ndim == 3 else out[0]
 
     def trace_cov(self, post):
@@ -333,13 +351,11 @@ def _check_identity(identity) -> Identity:
     return identity
 
 
-def integrand_samples(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator):
-    """n independent draws of the identity's integrand per row of x_t: shape (n, N, d) (NumPy).
-
-    x0 comes from the exact posterior p(x0 | x_t) at the scalar time ``t``; what else is drawn is
-    the identity's business (:meth:`Identity.draws`). Averaging over the first axis gives
-    :func:`estimate`.
-    """
+def _blockwise(identity, dist, proc, t, xt, n, rng, budget, reduce):
+    """``reduce(draws)`` of the (n, rows, d) integrand draws of each canonical row block of x_t
+    (:mod:`._blocks`, about BLOCK floats of draws), concatenated along the rows. The randomness is a
+    RowStream keyed from ``rng``, so every row's draws do not depend on the blocking; ``budget`` floats
+    bound the blocks in flight (None: one per core) and do not change the numbers."""
     identity = _check_identity(identity)
     proc = check_process(proc)
     t = scalar_time(proc, t)
@@ -347,14 +363,33 @@ def integrand_samples(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.
     rng = as_generator(rng)
     d = normal_form(dist).dim
     xt = as_points(xt, d, "xt").reshape(-1, d)
-    return identity.draws(posterior(dist, proc, t, xt), n, rng)
+    stream = rng if isinstance(rng, _random.RowStream) else _random.RowStream.from_generator(rng, np.arange(len(xt)))
+
+    def block(i, j):
+        return reduce(identity.draws(posterior(dist, proc, t, xt[i:j]), n, stream.subset(i, j)))
+
+    parts = map_blocks(block, len(xt), n * d, budget)
+    return np.concatenate(parts, axis=-2) if parts else reduce(np.empty((n, 0, d)))
 
 
-def estimate(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator) -> np.ndarray:
+def integrand_samples(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator, budget=None):
+    """n independent draws of the identity's integrand per row of x_t: shape (n, N, d) (NumPy).
+
+    x0 comes from the exact posterior p(x0 | x_t) at the scalar time ``t``; what else is drawn is
+    the identity's business (:meth:`Identity.draws`). Averaging over the first axis gives
+    :func:`estimate`. Rows go in canonical blocks (``budget``: floats in flight, None for one block
+    per core; the numbers do not depend on it).
+    """
+    return _blockwise(identity, dist, proc, t, xt, n, rng, budget, lambda draws: draws)
+
+
+def estimate(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator, budget=None) -> np.ndarray:
     """Monte Carlo score estimate (TSM Eq. 18): the mean of n integrand draws per row, shape of xt.
 
     Unbiased for grad log p_t(x_t) for every identity here, STF included (for every n_ref; see
-    :class:`STF`).
+    :class:`STF`). Streams over canonical row blocks, so memory stays bounded for any number of rows
+    (``budget`` as in :func:`integrand_samples`); the result equals ``integrand_samples(...).mean(0)``
+    bit for bit.
     """
-    shape = np.shape(xt)
-    return integrand_samples(identity, dist, proc, t, xt, n=n, rng=rng).mean(axis=0).reshape(shape)
+    return _blockwise(identity, dist, proc, t, xt, n, rng, budget, lambda draws: draws.mean(axis=0)).reshape(
+        np.shape(xt))

@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from . import _fast, _random, _reference
-from ._array import is_numpy, namespace, to_numpy
+from ._array import is_numpy, namespace, np_xp, to_numpy
 from ._gaussians import Gaussians
 from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
 from .analytic import AnalyticScore
@@ -141,12 +141,9 @@ class Posterior:
         return _reference.posterior_mean(self.prior, self.xt, self.alpha, self.sigma)
 
     def cov(self) -> np.ndarray:
-        """Cov[x0 | x_t] by the law of total covariance, shape (N, d, d)."""
-        r, m = _reference.posterior_terms(self.prior, self.xt, self.alpha, self.sigma)
-        mean = np.einsum("nk,nkd->nd", r, m)
-        c = m - mean[:, None, :]
-        within = np.einsum("nk,kij->nij", r, self.prior.dense_covs(self._post_var))
-        return within + np.einsum("nk,nki,nkj->nij", r, c, c)
+        """Cov[x0 | x_t] by the law of total covariance, shape (N, d, d) (rows in chunks; the only dense
+        arrays are the (chunk, d, d) results)."""
+        return _reference.posterior_cov(self.prior, self.xt, self.alpha, self.sigma)
 
     def trace_cov(self) -> np.ndarray:
         """tr Cov[x0 | x_t], shape (N,), without forming the (N, d, d) covariances."""
@@ -154,19 +151,20 @@ class Posterior:
 
     def sample(self, m, rng: np.random.Generator) -> np.ndarray:
         """m exact draws of x0 for every row, shape (m, N, d): a component from ``weights``, then
-        the Gaussian conditional of that component."""
+        the Gaussian conditional of that component. ``rng``: a NumPy Generator (or a RowStream over
+        the rows, inside chunked computations)."""
         m = as_count(m, "m")
         rng = as_generator(rng)
-        if not isinstance(rng, np.random.Generator):
+        if _random.generator_namespace(rng) is not np_xp:
             raise TypeError("Posterior.sample draws NumPy arrays; pass a numpy.random.Generator")
         cdf = np.cumsum(self.weights, axis=1)
         cdf[:, -1] = 1.0  # the last bin absorbs the round-off of the cumulative sum
-        u = rng.random((m, len(self.xt)))
+        u = _random.uniform(rng, (m, len(self.xt)), rows_axis=1)
         comp = np.empty(u.shape, dtype=np.intp)
         for i in range(len(self.xt)):  # searchsorted per row: O(m log K) memory-light
             comp[:, i] = np.searchsorted(cdf[i], u[:, i], side="right")
         np.minimum(comp, self.prior.n_components - 1, out=comp)
-        z = rng.standard_normal((m, len(self.xt), self.prior.dim))
+        z = _random.normal(rng, (m, len(self.xt), self.prior.dim), rows_axis=1)
         return self._draw(comp, z)
 
     def _draw(self, comp, z):

@@ -34,7 +34,7 @@ DEFAULT_WEIGHTINGS = (Uniform(), SigmaSquared(), Likelihood())
 def _task(identities, dist, proc, t, kwargs, seed_key):
     rng = np.random.default_rng(np.random.SeedSequence(kwargs["seed"], spawn_key=seed_key))
     return variance_at(identities, dist, proc, t, n_outer=kwargs["n_outer"], n_inner=kwargs["n_inner"], rng=rng,
-                       exact=kwargs["exact"], f_divergence=kwargs["f_divergence"])
+                       exact=kwargs["exact"], f_divergence=kwargs["f_divergence"], budget=kwargs["budget"])
 
 
 def _as_targets(dist) -> dict:
@@ -104,7 +104,7 @@ def _as_weightings(weightings) -> tuple:
 
 def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 100, n_samples: int = 100,
              seed: int = 0, exact: bool = True, f_divergence: bool = True, weightings=DEFAULT_WEIGHTINGS,
-             scheduler=None, num_workers=None, progress=None):
+             budget=None, scheduler=None, num_workers=None, progress=None):
     """Variance of score estimators by noise level, as an ``xarray.Dataset``.
 
     Parameters
@@ -119,6 +119,10 @@ def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 10
     f_divergence : also estimate Theorem 2's f-divergence D(t) and the corrected STF leading term.
     weightings : Weighting objects lambda(t) for ``V_weighted`` (score space; ``weighting`` dimension
         named by ``.name``).
+    budget : floats of working memory per (target, t) task: outer points are computed in canonical
+        blocks of about 2^20 floats per array (``scoremc._blocks``), as many at once as the budget
+        allows (None: one per core). Peak memory is a small multiple of it; the result does not
+        depend on it (bit for bit), nor on the scheduler.
     scheduler : None / "synchronous" (in-process), "threads", "processes", or a dask.distributed
         address such as "tcp://127.0.0.1:8786"; ``num_workers`` for the local pools.
 
@@ -138,7 +142,8 @@ def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 10
     ts = as_float_array(ts, "ts", ndim=1)
     proc.check_t(ts, "ts")
     kwargs = dict(n_outer=as_count(n_outer, "n_outer", minimum=2), n_inner=as_count(n_inner, "n_inner", minimum=2),
-                  seed=as_count(seed, "seed", minimum=0), exact=bool(exact), f_divergence=bool(f_divergence))
+                  seed=as_count(seed, "seed", minimum=0), exact=bool(exact), f_divergence=bool(f_divergence),
+                  budget=None if budget is None else as_count(budget, "budget"))
     n_samples = as_count(n_samples, "n_samples")
     weightings = _as_weightings(weightings)
     task = dask.delayed(_task, pure=False)

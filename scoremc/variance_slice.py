@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _fast
+from . import _fast, _random
+from ._blocks import map_blocks
+from .distributions import normal_form
 from .identities import DSI
 from .noising import noised_sample, posterior
 
@@ -75,48 +77,69 @@ def _split_bias_sq(draws: np.ndarray, target: np.ndarray) -> np.ndarray:
     return ((draws[:h].mean(0) - target) * (draws[h:2 * h].mean(0) - target)).sum(-1)
 
 
-def variance_at(identities, dist, proc, t: float, *, n_outer: int, n_inner: int, rng: np.random.Generator,
-                exact: bool = True, f_divergence: bool = True) -> dict:
-    """All variance quantities at one time t, sharing one batch of x_t ~ p_t across identities.
-
-    Returns ``{"estimators": {name: {...}}, "D": ..., ...}``; per estimator: ``V``, ``V_se``,
-    ``method`` ("exact" | "nested"), ``bias_sq``, ``bias_sq_se`` (nested estimators, else NaN) and
-    ``stf_leading`` (the corrected Theorem-2 leading term, identities with ``n_ref > 1`` only).
-    """
-    _, xt = noised_sample(dist, proc, t, n_outer, rng)
+def _chunk(identities, dist, proc, t, rows: int, n_inner: int, stream, exact: bool, need_post: bool,
+           f_divergence: bool) -> dict:
+    """Per-point quantities of one block of outer points (arrays over its rows)."""
+    _, xt = noised_sample(dist, proc, t, rows, stream)
     post = posterior(dist, proc, t, xt)
     a, s = post.alpha, post.sigma
     score = _fast.score(post.noised, xt)
-    out = {"estimators": {}}
-
-    if f_divergence or any(i.n_ref > 1 for i in identities):
-        x0_post = post.sample(n_inner, rng)  # (n_inner, n_outer, d)
+    out = {}
+    if need_post:
+        x0_post = post.sample(n_inner, stream)  # (n_inner, rows, d)
         dsi = DSI().integrand(dist, post.coefficients, x0_post, xt)
         # log of the prior/posterior ratio p0(x0)/p(x0|x_t) = p_t(x_t) / N(x_t; a x0, s^2 I) (Bayes)
         log_kernel = (-0.5 * ((xt - a * x0_post) ** 2).sum(-1) / (s * s)
                       - 0.5 * xt.shape[-1] * np.log(2 * np.pi * s * s))
         log_y = _fast.logpdf(post.noised, xt)[None, :] - log_kernel
         if f_divergence:
-            # D(t) = E_{p_t} D_f(p0 || p(.|x_t)) = E_{p_t} E_post f(p0 / post)  (Theorem 2 order, FLAG-S6)
-            per_point = np.logaddexp.reduce(log_f_stf(log_y), axis=0) - np.log(n_inner)
-            out["log_D"] = float(np.logaddexp.reduce(per_point) - np.log(n_outer))
-            out["D"], out["D_se"] = _mean_se(np.exp(per_point))
+            out["log_f"] = np.logaddexp.reduce(log_f_stf(log_y), axis=0) - np.log(n_inner)
         # corrected Theorem-2 leading term without the 1/(n-1): E_post[(post/p0) |g - s|^2]
-        weighted = np.exp(-log_y) * ((dsi - score) ** 2).sum(-1)
-        out["stf_leading_unscaled"], out["stf_leading_unscaled_se"] = _mean_se(weighted.mean(0))
-
+        out["lead"] = (np.exp(-log_y) * ((dsi - score) ** 2).sum(-1)).mean(0)
     for identity in identities:
-        res = {"bias_sq": np.nan, "bias_sq_se": np.nan, "stf_leading": np.nan, "stf_leading_se": np.nan}
         trace_cov = identity.trace_cov(post) if exact else None
         if trace_cov is not None:
-            res["method"] = "exact"
-            res["V"], res["V_se"] = _mean_se(trace_cov)
+            out[identity.name] = (np.asarray(trace_cov, dtype=np.float64), None)
         else:
-            res["method"] = "nested"
-            draws = identity.draws(post, n_inner, rng)
-            res["V"], res["V_se"] = _mean_se(_trace_var(draws))
-            res["bias_sq"], res["bias_sq_se"] = _mean_se(_split_bias_sq(draws, score))
-        if identity.n_ref > 1 and "stf_leading_unscaled" in out:
+            draws = identity.draws(post, n_inner, stream)
+            out[identity.name] = (_trace_var(draws), _split_bias_sq(draws, score))
+    return out
+
+
+def variance_at(identities, dist, proc, t: float, *, n_outer: int, n_inner: int, rng: np.random.Generator,
+                exact: bool = True, f_divergence: bool = True, budget=None) -> dict:
+    """All variance quantities at one time t, sharing one batch of x_t ~ p_t across identities.
+
+    Returns ``{"estimators": {name: {...}}, "D": ..., ...}``; per estimator: ``V``, ``V_se``,
+    ``method`` ("exact" | "nested"), ``bias_sq``, ``bias_sq_se`` (nested estimators, else NaN) and
+    ``stf_leading`` (the corrected Theorem-2 leading term, identities with ``n_ref > 1`` only).
+    The outer points are processed in canonical blocks (:mod:`._blocks`: (n_inner, rows, d) arrays
+    of about ``_blocks.BLOCK`` floats), as many at once as ``budget`` floats allow (None: one per
+    core); all randomness comes from a RowStream keyed from ``rng``. The result is the same bit for
+    bit whatever the budget.
+    """
+    d = normal_form(dist).dim
+    stream = _random.RowStream.from_generator(rng, np.arange(n_outer))
+    need_post = f_divergence or any(i.n_ref > 1 for i in identities)
+    parts = map_blocks(lambda i, j: _chunk(identities, dist, proc, t, j - i, n_inner, stream.subset(i, j), exact,
+                                           need_post, f_divergence), n_outer, n_inner * d, budget)
+    out = {"estimators": {}}
+    if f_divergence:
+        # D(t) = E_{p_t} D_f(p0 || p(.|x_t)) = E_{p_t} E_post f(p0 / post)  (Theorem 2 order, FLAG-S6)
+        per_point = np.concatenate([p["log_f"] for p in parts])
+        out["log_D"] = float(np.logaddexp.reduce(per_point) - np.log(n_outer))
+        out["D"], out["D_se"] = _mean_se(np.exp(per_point))
+    if need_post:
+        out["stf_leading_unscaled"], out["stf_leading_unscaled_se"] = _mean_se(np.concatenate([p["lead"] for p in
+                                                                                              parts]))
+    for identity in identities:
+        res = {"bias_sq": np.nan, "bias_sq_se": np.nan, "stf_leading": np.nan, "stf_leading_se": np.nan}
+        nested = parts[0][identity.name][1] is not None
+        res["method"] = "nested" if nested else "exact"
+        res["V"], res["V_se"] = _mean_se(np.concatenate([p[identity.name][0] for p in parts]))
+        if nested:
+            res["bias_sq"], res["bias_sq_se"] = _mean_se(np.concatenate([p[identity.name][1] for p in parts]))
+        if identity.n_ref > 1 and need_post:
             k = 1.0 / (identity.n_ref - 1)
             res["stf_leading"] = k * out["stf_leading_unscaled"]
             res["stf_leading_se"] = k * out["stf_leading_unscaled_se"]

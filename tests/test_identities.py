@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import scoremc as smc
+from scoremc import _blocks
 from scoremc import builtin
 from scoremc.identities import DSI, STF, TSI, Kappa, KappaBar, Mix, OptimalMix, estimate, integrand_samples
 from scoremc.testing import assert_mean_matches, gaussian_mixtures, points, processes, times
@@ -239,10 +240,94 @@ def test_invalid_identities():
 
 
 @pytest.mark.parametrize("proc", [smc.VE(), smc.SubVP(), smc.Cosine()], ids=lambda p: type(p).__name__)
-@pytest.mark.parametrize("identity", [DSI(), TSI(), Mix(Kappa()), OptimalMix()], ids=lambda i: i.name)
+def test_optimal_mixture_estimates_are_unbiased_over_their_pilots(proc):
+    # OptimalMix's n draws share one pilot weight, so they are not iid given x_t and a test on the draws'
+    # own spread is mis-specified (at small noise D and T have huge variance and their optimal blend
+    # almost none). Unbiasedness is over the pilot too: the mean of 400 independent estimates (n = 50
+    # each, own pilot) against the exact score, two-sided z-test on their spread, family level 1e-3 over
+    # 3 times x 3 points x 2 dims (0 failures in 40 seeds x 3 processes).
+    # Times with sigma >= 0.3 (3 ring stds): below about one std the pilot's w* is noisy enough that
+    # the estimates are heavy-tailed (excess kurtosis 50-400 at VE sigma = 0.05-0.13, ~0 here) and a
+    # z-test on 400 of them is mis-calibrated.
+    gm = builtin.ring8()
+    for t in ((0.4, 0.6, 0.8) if isinstance(proc, smc.VE) else (0.2, 0.5, 0.8)):
+        _, x = smc.noised_sample(gm, proc, t, 3, np.random.default_rng(11))
+        s = smc.exact_score(gm, proc)(x, t)
+        est = np.stack([estimate(OptimalMix(), gm, proc, t, x, n=50, rng=np.random.default_rng(seed))
+                        for seed in range(400)])
+        z = (est.mean(0) - s) / (est.std(0, ddof=1) / np.sqrt(len(est)) + 1e-12 * np.abs(s).max())
+        assert np.all(np.abs(z) < stats.norm.ppf(1 - 1e-3 / 36)), (t, z)
+
+
+@pytest.mark.parametrize("proc", [smc.VE(), smc.SubVP(), smc.Cosine()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("identity", [DSI(), TSI(), Mix(Kappa())], ids=lambda i: i.name)
 def test_identities_pass_the_toolkit_unbiasedness_check(identity, proc):
     # dogfooding scoremc.testing: family-wise false-alarm rate 1% per test
     from scoremc.testing import assert_estimator_unbiased
 
     gm = builtin.ring8()
     assert_estimator_unbiased(identity, gm, proc, level=0.01, ts=[0.2, 0.5, 0.8], n_points=3, n=1000, seed=2)
+
+
+CHUNKED = [DSI(), TSI(), Mix(Kappa()), OptimalMix(), STF(5)]
+
+
+@pytest.mark.parametrize("identity", CHUNKED, ids=lambda i: i.name)
+def test_estimates_do_not_depend_on_the_budget(identity, monkeypatch):
+    # canonical blocks of 2 rows (and 1-2 inner draws for STF): the budget only sets how many run at
+    # once (1, 2 on threads, one per core), which must not change a bit; estimate is the mean of
+    # integrand_samples bit for bit. Against the unchunked reference (one block of all rows): the same
+    # draws, so equal to round-off (BLAS products are not row-local: see scoremc._blocks).
+    gm = builtin.ring8()
+    proc, t = smc.VP(), 0.4
+    _, xt = smc.noised_sample(gm, proc, t, 7, np.random.default_rng(3))
+    n = 6
+    whole = integrand_samples(identity, gm, proc, t, xt, n=n, rng=np.random.default_rng(5))
+    monkeypatch.setattr(_blocks, "BLOCK", 2 * n * 2)
+    first = None
+    for budget in (1, 2 * n * 2 * 2, None, 1 << 30):
+        draws = integrand_samples(identity, gm, proc, t, xt, n=n, rng=np.random.default_rng(5), budget=budget)
+        est = estimate(identity, gm, proc, t, xt, n=n, rng=np.random.default_rng(5), budget=budget)
+        first = draws if first is None else first
+        np.testing.assert_array_equal(draws, first)
+        np.testing.assert_array_equal(est, draws.mean(0))
+    np.testing.assert_allclose(first, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+    assert whole.shape == (n, 7, 2) and np.isfinite(whole).all()
+
+
+def test_dsi_draws_are_the_posterior_draws_of_the_row_stream():
+    # the unchunked reference written out: x0 ~ p(x0 | x_t) from the RowStream keyed by one draw of the
+    # caller's generator, DSI integrand (alpha x0 - x_t) / sigma^2 (TSM Eq. 15)
+    from scoremc._random import RowStream
+
+    gm = builtin.ring8()
+    proc, t = smc.Cosine(), 0.5
+    _, xt = smc.noised_sample(gm, proc, t, 9, np.random.default_rng(8))
+    got = integrand_samples(DSI(), gm, proc, t, xt, n=4, rng=np.random.default_rng(2), budget=8)
+    stream = RowStream.from_generator(np.random.default_rng(2), np.arange(9))
+    x0 = smc.posterior(gm, proc, t, xt).sample(4, stream)
+    a, s = proc.alpha(t), proc.sigma(t)
+    np.testing.assert_allclose(got, (a * x0 - xt) / s**2, rtol=1e-13, atol=1e-13)
+
+
+def test_row_stream_gives_every_row_its_numbers_whatever_the_chunking():
+    from scoremc._random import RowStream
+
+    s = RowStream(12345, np.arange(10))
+    whole = [s.normal((3, 10, 2), rows_axis=1), s.uniform((10, 4)), s.expand(5, 0, 5).normal((50,))]
+    for i, j in ((0, 3), (3, 4), (4, 10)):
+        sub = s.subset(i, j)
+        part = [sub.normal((3, j - i, 2), rows_axis=1), sub.uniform((j - i, 4)),
+                np.concatenate([sub.expand(5, 0, 2).normal((2 * (j - i),)).reshape(-1, 2),
+                                sub.expand(5, 2, 5).normal((3 * (j - i),)).reshape(-1, 3)], axis=1).ravel()]
+        np.testing.assert_array_equal(part[0], whole[0][:, i:j])
+        np.testing.assert_array_equal(part[1], whole[1][i:j])
+        np.testing.assert_array_equal(part[2], whole[2][5 * i:5 * j])
+    # and they are standard normal / uniform: KS at level 1e-4 on 10^5 draws, and independent across
+    # calls, positions and expanded streams (correlation within 5 standard errors)
+    big = RowStream(7, np.arange(50_000))
+    z, u, c = big.normal((50_000, 2)), big.uniform((50_000,)), big.expand(1, 0, 1).normal((50_000,))
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
+    assert stats.kstest(u, "uniform").pvalue > 1e-4
+    for a, b in ((z[:, 0], z[:, 1]), (z[:, 0], c), (z[:, 1], stats.norm.ppf(u))):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(50_000)

@@ -93,6 +93,11 @@ def test_tweedie_holds_to_round_off(dist, proc, data):
         rhs = x + s2 * smc.exact_score(dist, proc, method=method)(x, t)
         scale = np.abs(x).max() + np.abs(lhs).max() + 1.0
         assert np.abs(lhs - rhs).max() <= 1e-12 * scale
+    # second order, every covariance kind: alpha^2 Cov[x0 | x_t] = sigma^2 (I + sigma^2 H)
+    H = smc.exact_score(dist, proc).hessian(x, t)
+    second = s2 * (np.eye(x.shape[-1]) + s2 * H)
+    cov = smc.posterior(dist, proc, t, x).cov()
+    np.testing.assert_allclose(a * a * cov, second, rtol=0, atol=1e-10 * (np.abs(second).max() + s2))
 
 
 @given(dist=full_mixtures, proc=scaled_processes, data=st.data())
@@ -174,3 +179,18 @@ def test_float32_input_is_accepted_and_computed_in_float64():
                              np.array([1.0, 2.0], np.float32))
     s = smc.score(gm, np.ones((3, 2), np.float32))
     assert s.dtype == np.float64
+
+
+@given(dist=gaussian_mixtures())
+def test_mixture_covariance_is_the_law_of_total_covariance(dist):
+    # sum_k w_k (C_k + mu_k mu_k^T) - mu mu^T with the dense C_k, against cov() (which keeps iso/diag
+    # components diagonal and never forms the (K, d, d) covariances)
+    C = dist.covs
+    if dist.cov_kind == "iso":
+        C = C[:, None, None] * np.eye(dist.dim)
+    elif dist.cov_kind == "diag":
+        C = C[:, :, None] * np.eye(dist.dim)
+    mu = dist.weights @ dist.means
+    second = np.einsum("k,kij->ij", dist.weights, C + dist.means[:, :, None] * dist.means[:, None, :])
+    expected = second - np.outer(mu, mu)
+    np.testing.assert_allclose(dist.cov(), expected, rtol=0, atol=1e-11 * (np.abs(second).max() + 1))

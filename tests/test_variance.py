@@ -5,9 +5,10 @@ import pytest
 from scipy import stats
 
 import scoremc as smc
-from scoremc import builtin
+from scoremc import _blocks, builtin
 from scoremc.identities import DSI, STF, TSI, Kappa, KappaBar, Mix, OptimalMix
 from scoremc import variance
+from scoremc._random import RowStream
 from scoremc.variance_slice import f_stf, log_f_stf, variance_at
 
 
@@ -45,10 +46,9 @@ def test_two_gaussians_v_dsm_matches_the_corrected_stf_formula():
     S = spread**2 + sig2
     rng = np.random.default_rng(4)
     out = variance_at([DSI()], gm, proc, t, n_outer=4000, n_inner=4, rng=rng, f_divergence=False)
-    # redraw the same x_t to evaluate the closed form point by point
-    rng = np.random.default_rng(4)
-    x0 = smc.sample(gm, 4000, rng)
-    xt = x0 + np.sqrt(sig2) * rng.standard_normal(x0.shape)
+    # redraw the same x_t (variance_at draws from a RowStream keyed by one draw of its rng)
+    stream = RowStream.from_generator(np.random.default_rng(4), np.arange(4000))
+    _, xt = smc.noised_sample(gm, proc, t, 4000, stream)
     m = np.full(d, mu)
     r = 1 / (1 + np.exp(-2 * xt @ m / S))
     closed = d * spread**2 / (sig2 * S) + 4 * r * (1 - r) * (m @ m) / S**2
@@ -215,3 +215,40 @@ def test_bias_sq_measures_a_known_bias():
     b, se = ds["bias_sq"].isel(target=0), ds["bias_sq_se"].isel(target=0)
     assert np.all(np.abs(b.sel(estimator="dsi+c") - (c**2).sum()) <= 4 * se.sel(estimator="dsi+c"))
     np.testing.assert_array_less(np.abs(b.sel(estimator="dsi")), 4 * se.sel(estimator="dsi"))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_variance_does_not_depend_on_the_budget(exact, monkeypatch):
+    # blocks of 2 outer points; every output of variance_at (V, bias, D, Theorem-2 terms) is bit-identical
+    # for one block at a time, two on threads, one per core; so is the sweep; and it equals the
+    # unchunked reference (one block) to round-off
+    ids = [DSI(), TSI(), Mix(Kappa()), OptimalMix(), STF(3)]
+    gm = builtin.ring8()
+    kw = dict(n_outer=11, n_inner=6, exact=exact, f_divergence=True)
+    whole = variance_at(ids, gm, smc.VP(), 0.3, rng=np.random.default_rng(9), **kw)
+    monkeypatch.setattr(_blocks, "BLOCK", 2 * 6 * 2)
+    runs = [variance_at(ids, gm, smc.VP(), 0.3, rng=np.random.default_rng(9), budget=b, **kw)
+            for b in (1, 2 * 2 * 6 * 2, None)]
+    flat = [_flatten(r) for r in runs]
+    for other in flat[1:]:
+        assert other.keys() == flat[0].keys()
+        for key in flat[0]:
+            np.testing.assert_array_equal(other[key], flat[0][key], err_msg=key)
+    ref = _flatten(whole)
+    for key, value in flat[0].items():
+        if not isinstance(value, str):
+            np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=key)
+    assert np.isfinite(whole["D"]) and all(np.isfinite(e["V"]) for e in whole["estimators"].values())
+    a = variance(ids, gm, smc.VP(), [0.3, 0.7], n_outer=11, n_inner=6, seed=1, budget=1, progress=False)
+    b = variance(ids, gm, smc.VP(), [0.3, 0.7], n_outer=11, n_inner=6, seed=1, progress=False)
+    assert a.drop_attrs().identical(b.drop_attrs())
+
+
+def _flatten(out, prefix=""):
+    flat = {}
+    for key, value in out.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -142,7 +142,8 @@ def assert_estimator_unbiased(identity: Identity, dist, proc: Process, *, level:
     draws (covariance estimated from the draws; exact F law for Gaussian draws, asymptotically
     valid otherwise) against the exact score. The tests are
     Bonferroni-combined, so a correct estimator fails with probability <= ``level`` (the stated
-    false-alarm rate; measured in tests/test_testing.py). The table shows the smallest p-value
+    false-alarm rate; measured in tests/test_testing.py). The draws must be independent given x_t:
+    ``OptimalMix``'s share one pilot weight, so test its estimates' spread instead. The table shows the smallest p-value
     per t against its per-test threshold.
     """
     rng = np.random.default_rng(seed)
