@@ -12,6 +12,8 @@ budget, where it has one). Linux only (the counters are Linux's).
 | ``stf`` | ``estimate(STF(4096), Empirical(4096 x 3072), EDM(), 1.0, xt (N x 3072), n=1)`` | N = 128 | 2 GB |
 | ``sample`` | ``sample`` of a d = 256, K = 8 full-covariance mixture | n = 20 000 | 0.5 GB |
 | ``hessian`` | ``hessian`` of ``marginal(Empirical(4096 x 3072), VE(), 0.5)`` at one point | 1 point | 1 GB |
+| ``dsi-estimate`` | ``estimate(DSI(), two_gaussians(), VE(), 0.44, xt (N x 64), n=1000)`` | N = 1000 | 0.5 GB |
+| ``stf-loss`` | ``loss(STFLoss(4096), s, Empirical(4096 x 3072), EDM(), 1.0, x0, eps)`` | N = 128 | 2 GB |
 | ``kappa`` | ``estimate(Mix(Kappa()), K = 2048, d = 512 isotropic mixture, ..., 16 rows, n=4)`` | | 1 s |
 
 ``--quick`` runs every case at a CI size (a few seconds in all); the default suite runs it
@@ -83,6 +85,19 @@ CASES = {
         "emp = smc.Empirical(rng.standard_normal((K, 3072)))\n"
         "xt = rng.standard_normal((N, 3072))",
         "smc.estimate(STF(K), emp, smc.EDM(), 1.0, xt, n=1, rng=rng)",
+        Size(dict(N=128, K=4096), 2000 * MB), Size(dict(N=32, K=512), 300 * MB)),
+    # all n draws of every row at once: 2.6 GB at N = 1000, n = 1000 (260 MB at N = 100)
+    "dsi-estimate": Case(
+        "gm = builtin.two_gaussians()\n"
+        "xt = rng.standard_normal((N, 64))",
+        "smc.estimate(DSI(), gm, smc.VE(), 0.44, xt, n=1000, rng=rng)",
+        Size(dict(N=1000), 500 * MB), Size(dict(N=100), 150 * MB)),
+    # the official broadcast formulation: ~37 GB at N = 128; the reference batch per row is 100 MB
+    "stf-loss": Case(
+        "emp = smc.Empirical(rng.standard_normal((K, 3072)))\n"
+        "x0 = emp.points[:N]; eps = rng.standard_normal((N, 3072))\n"
+        "net = lambda x, t: -x",
+        "smc.loss(smc.STFLoss(K), net, emp, smc.EDM(), 1.0, x0, eps, rng=rng)",
         Size(dict(N=128, K=4096), 2000 * MB), Size(dict(N=32, K=512), 300 * MB)),
     # an (n, d, d) gather of the factors: 1 GB at n = 2000
     "sample": Case(
