@@ -222,8 +222,8 @@ def _targets(case):
     return st.one_of(mixtures, empirical_targets(d=st.integers(1, 3)))
 
 
-def numpy_loss(case, b: Draw, params=None):
-    twin = TwinMLP(b.params if params is None else params)
+def numpy_loss(case, b: Draw, params=None, twin=None):
+    twin = TwinMLP(b.params if params is None else params) if twin is None else twin
     kw = dict(ref=b.ref[case.ref]) if case.ref else {}
     return smc.loss(case.make(b.probes, False), twin, b.dist, b.proc, b.t, b.x0, b.eps, weighting=case.weighting,
                     **kw)
@@ -295,7 +295,7 @@ def hessian_operands(o):
                   1) + _norm(o["s"]) ** 2
 
 
-def loss_scale(case, b: Draw, loss64):
+def loss_scale(case, b: Draw, loss64, twin=None):
     """S_i = max_j |loss_j| + K_i, K_i the round-off amplification of the row's regression target
     (0 for SSM and FD-SSM, whose terms are plain sums). A target L with round-off delta L makes
     ||s - L||^2 err by 2 (|s| + |L|) delta L; delta L / u is:
@@ -313,7 +313,8 @@ def loss_scale(case, b: Draw, loss64):
     """
     al, sg = np.asarray(b.proc.alpha(b.t)), np.asarray(b.proc.sigma(b.t))
     xt = al[:, None] * b.x0 + sg[:, None] * b.eps
-    s = _norm(TwinMLP(b.params)(xt, b.t))
+    twin = TwinMLP(b.params) if twin is None else twin
+    s = _norm(twin(xt, b.t))
     dsi_ops = (al * _norm(b.x0) + _norm(xt)) / sg**2
     dsi = _norm(b.eps) / sg  # |L_DSI| = |eps| / sigma
     base = np.max(np.abs(loss64))
@@ -323,7 +324,7 @@ def loss_scale(case, b: Draw, loss64):
         K = 2 * (s + dsi) * dsi_ops
         if case.kind == "fp":
             g2, f = np.asarray(b.proc.g2(b.t)), np.abs(np.asarray(b.proc.drift_coef(b.t)))
-            twin, d = TwinMLP(b.params), b.x0.shape[1]
+            d = b.x0.shape[1]
             sv, J, dt, _, res = fpe_parts(twin, b.proc, xt, b.t)
             Jn, xn = np.sqrt(np.sum(J * J, axis=(-2, -1))), _norm(xt)
             res_ops = (0.5 * g2 * _norm(twin.grad_divergence(xt, b.t)) + g2 * Jn * s + f * (s + Jn * xn)
