@@ -244,3 +244,22 @@ def test_preconditioned_validates_its_arguments():
         Preconditioned(net, "ve")
     with pytest.raises(ValueError, match="outside the domain"):
         Preconditioned(net, smc.VE())(torch.zeros(2, 2), torch.tensor([0.5, 1.5]))
+
+
+def test_scoremc_testing_accepts_a_preconditioned_module():
+    # float32 module, called by the assertions with tensors of its dtype: the untrained EDM model is the exact
+    # score of N(0, sigma_data^2 I) (see above), so it passes against that target and fails against another;
+    # it is conservative (J = -I / S), and a network with a random head is not
+    from scoremc.testing import assert_conservative, assert_score_close
+
+    proc = smc.VP()
+    gauss = smc.GaussianMixture([1.0], [[0.0, 0.0]], [SIGMA_DATA**2])
+    torch.manual_seed(0)
+    model = Preconditioned(ScoreMLP(2), proc, "edm", sigma_data=SIGMA_DATA)
+    assert_score_close(model, gauss, proc, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_score_close(model, smc.builtin.ring8(), proc, rtol=0.05)
+    assert_conservative(model, proc, gauss, rtol=1e-3)
+    torch.nn.init.normal_(model.net.head.weight, std=1.0)
+    with pytest.raises(AssertionError):
+        assert_conservative(model, proc, gauss, rtol=1e-3)
