@@ -99,6 +99,23 @@ CASES = {
         "net = lambda x, t: -x",
         "smc.loss(smc.STFLoss(K), net, emp, smc.EDM(), 1.0, x0, eps, rng=rng)",
         Size(dict(N=128, K=4096), 2000 * MB), Size(dict(N=32, K=512), 300 * MB)),
+    # the STF target alone, float32, one shared batch, sigma over EDM's range (issue 10): the broadcast
+    # formulation holds three (B, n, d) arrays, 19 GB at B = 128, n = 4096, d = 3072 (600 MB at the CI size)
+    "stf-target": Case(
+        "ref = rng.uniform(-1, 1, (n, d)).astype(np.float32)\n"
+        "sigma = np.geomspace(0.002, 80, B).astype(np.float32)[:, None]\n"
+        "xt = (ref[rng.integers(0, n, B)] + sigma * rng.standard_normal((B, d))).astype(np.float32)",
+        "smc.stf_target(xt, sigma, ref)",
+        Size(dict(B=128, n=4096, d=3072), 250 * MB), Size(dict(B=32, n=512, d=3072), 100 * MB)),
+    # the same through torch (no autograd), as the training layer calls it
+    "stf-target-torch": Case(
+        "import torch\n"
+        "ref = rng.uniform(-1, 1, (n, d)).astype(np.float32)\n"
+        "sigma = np.geomspace(0.002, 80, B).astype(np.float32)[:, None]\n"
+        "xt = (ref[rng.integers(0, n, B)] + sigma * rng.standard_normal((B, d))).astype(np.float32)\n"
+        "xt, sigma, ref = (torch.from_numpy(v) for v in (xt, sigma, ref))",
+        "with torch.no_grad(): smc.stf_target(xt, sigma, ref)",
+        Size(dict(B=128, n=4096, d=3072), 250 * MB), Size(dict(B=32, n=512, d=3072), 100 * MB)),
     # an (n, d, d) gather of the factors: 1 GB at n = 2000
     "sample": Case(
         "Q = np.linalg.qr(rng.standard_normal((8, d, d)))[0]\n"

@@ -34,6 +34,7 @@ from . import _random
 from ._blocks import block_rows, map_blocks
 from .distributions import normal_form, sample_parts, score
 from .noising import Posterior, posterior
+from .stf_target import stf_target  # re-exported: the streamed, float32-accurate STF target
 
 __all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "WeightRule", "Kappa", "KappaBar", "OptimalMix",
            "STF", "stf_target", "integrand_samples", "estimate"]
@@ -254,25 +255,6 @@ class OptimalMix(Identity):
 
     def trace_cov(self, post):
         return _affine_trace_cov(post, None)
-
-
-def stf_target(xt, sigma, ref, alpha=1.0):
-    """The stable target field (STF Eqs. 5-7, with the alpha-scaled kernel of STF App. A):
-
-        v(x_t) = sum_i w_i (alpha x_i - x_t) / sigma^2,   w_i = softmax_i(-|x_t - alpha x_i|^2 / (2 sigma^2)),
-
-    for reference batches ``ref`` (..., n_ref, d) (or one (n_ref, d) batch shared by all rows) and
-    x_t (..., d) -> (..., d). ``sigma``, ``alpha``: scalars or per-row (..., 1). NumPy or torch.
-    The logits' |x_t|^2 term is common to a row and cancels in the softmax, so only the cross term
-    and |alpha x_i|^2 are formed: no (..., n_ref, d) difference array.
-    """
-    xp = namespace(xt, ref, sigma, alpha)
-    logits = alpha * (ref @ xt[..., None])[..., 0] - 0.5 * (alpha * alpha) * xp.sum(ref * ref, axis=-1)
-    logits = logits / (sigma * sigma)
-    logits = logits - xp.max(logits, axis=-1, keepdims=True)
-    w = xp.exp(logits)
-    w = w / xp.sum(w, axis=-1, keepdims=True)
-    return (alpha * (w[..., None, :] @ ref)[..., 0, :] - xt) / (sigma * sigma)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ STF Eq. 2 convention, no factor 1/2):
 * ``DSM()``         L = DSI integrand = (alpha x0 - x_t) / sigma^2      (TSM Eq. 3; STF Eq. 1)
 * ``TSM()``         L = TSI integrand = grad log p0(x0) / alpha         (TSM Prop. 2.3, Eq. 8)
 * ``MixSM(w)``      L = Mix(w) integrand                                (TSM §4.1, Eq. 19)
-* ``STFLoss(n)``    L = stf_target over {x0, n - 1 reference points}    (STF Eq. 6)
+* ``STFLoss(n)``    L = stf_target over n reference points containing x0 (STF Eq. 6, Algorithm 1)
 
 Objectives that are not regressions are their own types: ``LCSS`` (:mod:`scoremc.lcss`), ``SSM``
 and ``FDSSM`` (:mod:`scoremc.sliced`), ``FPRegularized`` (:mod:`scoremc.fp_regularized`); those
@@ -35,6 +35,7 @@ from ._validation import as_array, as_count, call_score, check_process
 from .distributions import normal_form
 from .identities import DSI, STF, TSI, Mix, WeightRule, PointwiseIdentity
 from .processes import Coefficients
+from .stf_target import stf_target
 from .weighting import Weighting
 
 __all__ = ["Objective", "Batch", "Regression", "DSM", "TSM", "MixSM", "STFLoss", "loss"]
@@ -136,10 +137,21 @@ class MixSM(Regression):
 
 @dataclass(frozen=True)
 class STFLoss(Regression):
-    """Stable target field loss (STF Eq. 6): regression onto the STF target over the reference batch
-    {x0, x_2, ..., x_n}, n = ``n_ref``; x_t is made from x0, which stays in the batch. The other
-    n - 1 points are ``ref`` of :func:`loss` ((N, n-1, d) per row or (n-1, d) shared; Algorithm 1) or
-    fresh draws from p0 with ``rng``. ``n_ref = 1`` is DSM exactly."""
+    """Stable target field loss (STF Eq. 6): regression onto the STF target v(x_t) (STF Eq. 5,
+    :func:`scoremc.stf_target`) over a reference batch of n = ``n_ref`` points that contains the clean
+    sample x0 each x_t was made from. ``ref`` of :func:`loss` gives the batch in one of these forms:
+
+    * ``(n_ref, d)``: the whole reference batch B_L of STF Algorithm 1 (Xu, Tong & Jaakkola 2023),
+      shared by every row, holding the minibatch as a block of consecutive rows: ``ref[o:o+N]`` must
+      equal ``x0`` exactly for some o (found by comparison; o = 0 if the minibatch is B_L's first N
+      rows, a random subset of a random batch as Algorithm 1's B in B_L; with a batch gathered from
+      shards or ranks, o is the shard's offset). Every row sees the same n_ref points, its own x0 among
+      them. Memory O(N n_ref): no (N, n_ref, d) array.
+    * ``(n_ref - 1, d)``: the other n_ref - 1 points, shared; each row adds its own x0. O(N n_ref).
+    * ``(N, n_ref - 1, d)``: other points per row; each row adds its own x0 (without concatenating).
+    * ``None``: the other points drawn fresh from p0 (``dist``) for every row with ``rng``.
+
+    ``n_ref = 1`` is DSM exactly."""
 
     n_ref: int = 2
 
@@ -157,15 +169,40 @@ class STFLoss(Regression):
     def regression_target(self, b: Batch):
         n, d = b.x0.shape
         k = self.n_ref - 1
-        others = None
-        if b.ref is not None:
-            others = as_array(b.ref, "ref", b.xp, like=b.x0)
-            if tuple(others.shape) not in ((k, d), (n, k, d)):
-                raise ValueError(f"ref must have shape (n_ref-1, d)={(k, d)} or (N, n_ref-1, d)={(n, k, d)}, "
-                                 f"got {tuple(others.shape)}")
-        elif k and b.dist is None:
-            raise ValueError("STFLoss needs dist (to draw the reference batch) or ref")
-        return self.identity.integrand(b.dist, b.coef, b.x0, b.xt, b.rng, others=others)
+        if b.ref is None:
+            if k and b.dist is None:
+                raise ValueError("STFLoss needs dist (to draw the reference batch) or ref")
+            return self.identity.integrand(b.dist, b.coef, b.x0, b.xt, b.rng)
+        ref = as_array(b.ref, "ref", b.xp, like=b.x0)
+        shape = tuple(ref.shape)
+        if shape == (self.n_ref, d):  # STF Algorithm 1: the whole batch, holding the minibatch
+            self._check_minibatch_inside(b.xp, ref, b.x0)
+            return stf_target(b.xt, b.coef.sigma, ref, b.coef.alpha)
+        if shape not in ((k, d), (n, k, d)):
+            raise ValueError(f"ref must have shape (n_ref, d)={(self.n_ref, d)} (STF Algorithm 1's whole reference "
+                             f"batch, holding the minibatch x0), (n_ref-1, d)={(k, d)} (the other points, "
+                             f"shared) or (N, n_ref-1, d)={(n, k, d)} (per row), got {shape}")
+        if k == 0:  # the batch is x0 alone: DSM
+            return self.identity.integrand(b.dist, b.coef, b.x0, b.xt)
+        return stf_target(b.xt, b.coef.sigma, ref, b.coef.alpha, x0=b.x0)
+
+    def _check_minibatch_inside(self, xp, ref, x0):
+        """Find the minibatch as a block of rows of ``ref`` by exact comparison: the rows equal to x0[0]
+        (one pass over ref, in blocks), then the block from each. Raises ValueError if there is none."""
+        n, d = x0.shape
+        whole = (f"ref of shape (n_ref, d)={tuple(ref.shape)} is STF Algorithm 1's whole reference batch and must "
+                 "hold the minibatch x0 as a block of consecutive rows (ref[o:o+N] == x0 exactly for some o), ")
+        if n > self.n_ref:
+            raise ValueError(whole + f"but x0 has N={n} > n_ref={self.n_ref} rows")
+        if n == 0:
+            return
+        step = max(1, (1 << 20) // d)
+        found = [xp.nonzero(xp.all(ref[j:j + step] == x0[0], axis=1))[0] + j for j in range(0, self.n_ref, step)]
+        starts = [int(o) for o in xp.concat(found)]
+        if any(o + n <= self.n_ref and bool(xp.all(ref[o:o + n] == x0)) for o in starts):
+            return
+        where = f"the rows from x0[0] (row {starts[0]} of ref) differ from x0" if starts else "no row equals x0[0]"
+        raise ValueError(whole + f"but {where}; pass the other points as (n_ref-1, d) to add each row's x0")
 
 
 def loss(objective: Objective, score_fn, dist, proc, t, x0, eps, *, rng=None, weighting: Weighting = None,
