@@ -120,6 +120,128 @@ def _cmd_report(args) -> int:
     return 0
 
 
+#: ``scoremc train --objective`` names
+TRAIN_OBJECTIVES = ("dsm", "tsm", "kappa", "kappa_bar", "stf")
+
+
+def _train_objective(name: str, n_ref: int):
+    from .identities import Kappa, KappaBar
+    from .objectives import DSM, TSM, MixSM, STFLoss
+
+    return {"dsm": DSM, "tsm": TSM, "kappa": lambda: MixSM(Kappa()), "kappa_bar": lambda: MixSM(KappaBar()),
+            "stf": lambda: STFLoss(n_ref)}[name]()
+
+
+def _train_weighting(name: str, objective: str, sigma_data: float):
+    """``auto``: the weighting that gives the objective's regression target unit variance per noise level in its
+    natural space (TSM §4.1 / App. D; Karras et al. 2022): TSM-optimal for TSM, DSM-optimal otherwise."""
+    from .weighting import DSMOptimal, Likelihood, SigmaSquared, TSMOptimal, Uniform
+
+    if name == "auto":
+        name = "tsm-optimal" if objective == "tsm" else "dsm-optimal"
+    return {"dsm-optimal": DSMOptimal(sigma_data), "tsm-optimal": TSMOptimal(sigma_data), "song": SigmaSquared(),
+            "likelihood": Likelihood(), "uniform": Uniform()}[name]
+
+
+def plot_relative_error(ds, path, title: str | None = None) -> str:
+    """Relative score error E|s - s*|^2 / E|s*|^2 against sigma(t), log-log, one line per evaluation step (the
+    last one bold); ds as :func:`scoremc.nn.train.relative_score_error` by ``step``. Returns the path."""
+    from .plotting import figure, save_figure
+
+    fig, axes = figure(figsize=(6.4, 4.4))
+    ax = axes[0, 0]
+    steps = ds["step"].values
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        y = ds["rel_error"].sel(step=step).values
+        ax.plot(ds["sigma"].values, y, marker="o" if last else None, markersize=3, linewidth=2.0 if last else 0.8,
+                color="C0" if last else str(0.75 - 0.5 * i / max(len(steps) - 1, 1)), label=f"step {int(step)}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\sigma(t)$")
+    ax.set_ylabel(r"$E\|s_\theta - \nabla\log p_t\|^2 \,/\, E\|\nabla\log p_t\|^2$")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def _cmd_train(args) -> int:
+    import os
+
+    import torch  # the torch layer is imported only by this command
+
+    from .nn.data import ImportanceTimes, LogNormalSigmas, UniformTimes
+    from .nn.models import Preconditioned, ScoreMLP
+    from .nn.train import train  # from the submodule: scoremc.nn's lazy `train` can be the submodule itself
+
+    target = TARGETS[args.target]()
+    proc = PROCESS_NAMES[args.process]()
+    objective = _train_objective(args.objective, args.n_ref)
+    weighting = _train_weighting(args.weighting, args.objective, target.sigma_data)
+    times = {"uniform": UniformTimes(), "lognormal": LogNormalSigmas(),
+             "importance": ImportanceTimes(weighting)}[args.times]
+    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, without touching global state
+        torch.manual_seed(args.seed)
+        model = Preconditioned(ScoreMLP(target.dim), proc, None if args.precond == "none" else args.precond,
+                               sigma_data=target.sigma_data)
+    every = max(args.steps // 10, 1)
+    result = train(model, objective, target, proc, out=args.out, device=args.device,
+                   meta={"target": args.target, "command": "scoremc train " + " ".join(args.argv)},
+                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema, seed=args.seed,
+                   weighting=weighting, times=times,
+                   eval_every=every if args.eval_every is None else args.eval_every,
+                   checkpoint_every=every if args.checkpoint_every is None else args.checkpoint_every,
+                   eval_points=args.eval_points, progress=None)
+    print(f"trained {objective!r} on {args.target} under {proc!r}: {result.step} steps, final loss "
+          f"{np.mean(result.loss[-50:]):.4g} (mean of the last 50)")
+    print(f"checkpoint  {os.path.join(args.out, 'checkpoint.json')}")
+    if result.eval is not None:
+        last = result.eval.isel(step=-1)
+        print(f"eval        {os.path.join(args.out, 'eval.nc')}")
+        png = plot_relative_error(result.eval, os.path.join(args.out, "eval.png"),
+                                  f"{args.objective} on {args.target}, {proc!r}")
+        print(f"plot        {png}")
+        print(f"\n{'t':>10} {'sigma':>10} {'rel. error':>12}")
+        for t, s, e in zip(last["t"].values, last["sigma"].values, last["rel_error"].values):
+            print(f"{t:10.4g} {s:10.4g} {e:12.4g}")
+    return 0
+
+
+def _add_train_parser(sub) -> None:
+    tr = sub.add_parser("train", help="train a neural score (Preconditioned ScoreMLP) on a built-in target, with "
+                        "checkpoints, resume and evaluation against the exact score", description=(
+                            "Trains Preconditioned(ScoreMLP(d), process, precond, sigma_data=target.sigma_data) with "
+                            "Adam and an EMA of the weights. Writes OUT/config.json, OUT/checkpoint.json and "
+                            "OUT/step-*/ (model.safetensors, ema.safetensors, state.pt), OUT/eval.nc and OUT/eval.png "
+                            "(relative score error of the EMA model by noise level). Rerunning the same command on "
+                            "an existing OUT resumes it. Needs the torch extra."))
+    tr.add_argument("--target", choices=sorted(TARGETS), default="fp-gmm")
+    tr.add_argument("--objective", choices=TRAIN_OBJECTIVES, default="dsm",
+                    help="dsm, tsm, kappa / kappa_bar (TSM §4.1 mixtures), stf (default %(default)s)")
+    tr.add_argument("--n-ref", type=int, default=256, help="STF reference batch size n_ref (default %(default)s)")
+    tr.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ve")
+    tr.add_argument("--precond", choices=("edm", "tsm", "none"), default="edm")
+    tr.add_argument("--weighting", choices=("auto", "dsm-optimal", "tsm-optimal", "song", "likelihood", "uniform"),
+                    default="auto", help="loss weighting (auto: tsm-optimal for tsm, dsm-optimal otherwise)")
+    tr.add_argument("--times", choices=("uniform", "lognormal", "importance"), default="uniform",
+                    help="noise-level sampling: uniform in t, EDM log-normal in sigma, or t drawn proportional to "
+                    "the weighting (default %(default)s)")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--ema", type=float, default=0.999, help="EMA decay per step (default %(default)s)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    tr.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default steps/10)")
+    tr.add_argument("--eval-points", type=int, default=2048, help="x_t draws per noise level in the evaluation "
+                    "(default %(default)s)")
+    tr.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default steps/10)")
+    tr.add_argument("--out", required=True, help="run folder (resumed if it holds a checkpoint)")
+    tr.set_defaults(run=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scoremc", description="Exact scores and score estimators for "
                                      "diffusion models (see README.md).")
@@ -167,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     var.add_argument("--out", required=True, help="output directory")
     var.set_defaults(run=_cmd_variance)
 
+    _add_train_parser(sub)
+
     from .experiments import tsm_weightings  # the TSM Figs. 3-4 reproduction registers its own subcommand
 
     tsm_weightings.add_parser(sub)
@@ -175,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     if getattr(args, "n_points", 1) < 1 or getattr(args, "n_times", 2) < 1:
         print("scoremc: --n-points and --n-times must be >= 1", file=sys.stderr)
         return 2
