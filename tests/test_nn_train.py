@@ -365,10 +365,10 @@ def test_resume_continues_and_checks_the_run(tmp_path):
         train(model, smc.DSM(), GM, VE, out=tmp_path / "new", resume=True, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="scoremc/nn/__init__.py binds names lazily; importing the submodule .train "
-                   "binds it as scoremc.nn.train, shadowing the function when another name of it was imported first")
 def test_package_exports_the_train_function():
-    code = ("import inspect; from scoremc.nn import TrainConfig; from scoremc.nn import train, load_checkpoint; "
+    # whichever is imported first, the package's `train` is the function, not the submodule of that name
+    code = ("import inspect; import scoremc.nn.train; from scoremc.nn import TrainConfig; "
+            "from scoremc.nn import train, load_checkpoint; "
             "assert inspect.isfunction(train) and inspect.isfunction(load_checkpoint), train")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
@@ -440,10 +440,24 @@ def test_relative_score_error_of_a_shifted_exact_score(t):
     (dict(t_range=(0.1, 0.5), t_eps=0.1), ValueError, "t_range or t_eps"),
     (dict(eval_times=(0.5, 3.0)), ValueError, "eval_times"),
     (dict(grad_clip=0.0), ValueError, "grad_clip"),
+    (dict(stf_reference="others"), ValueError, "stf_reference"),
 ])
 def test_bad_settings_raise_naming_the_argument(kwargs, error, match):
     with pytest.raises(error, match=match):
         train(make_model(**SMALL), smc.DSM(), GM, VE, progress=False, **{"steps": 1, **kwargs})
+
+
+def test_stf_reference_forms():
+    from scoremc.nn.data import reference_size, stf_reference_form
+
+    assert stf_reference_form("auto", smc.STFLoss(64), 32) == "algorithm1"
+    assert stf_reference_form("auto", smc.STFLoss(16), 32) == "independent"
+    assert stf_reference_form("auto", smc.STFLoss(1), 32) is None and stf_reference_form("auto", smc.DSM(), 8) is None
+    assert reference_size(smc.STFLoss(64), 32, "algorithm1") == 32  # the minibatch fills the rest of B_L
+    assert reference_size(smc.STFLoss(64), 32, "independent") == 63
+    with pytest.raises(ValueError, match="n_ref >= batch_size"):
+        train(make_model(**SMALL), smc.STFLoss(16), GM, VE, steps=1, batch_size=32, stf_reference="algorithm1",
+              progress=False)
 
 
 def test_bad_arguments_raise():
@@ -471,42 +485,28 @@ import sys, torch, torch.distributed as dist, scoremc as smc
 from scoremc import builtin
 from scoremc.nn import Preconditioned, ScoreMLP
 from scoremc.nn.train import train
-import scoremc.nn.data
 dist.init_process_group("gloo")
 torch.set_num_threads(1)
-scoremc.nn.data.STF_REFERENCE = sys.argv[4]
 objective = {"dsm": smc.DSM(), "stf": smc.STFLoss(8), "stf-algorithm1": smc.STFLoss(40)}[sys.argv[1]]
 gm, proc = builtin.fp_gmm(), smc.VE()
 torch.manual_seed(0)
 model = Preconditioned(ScoreMLP(2, hidden=32, depth=2, embedding=16), proc, "edm", sigma_data=gm.sigma_data)
 r = train(model, objective, gm, proc, steps=15, batch_size=32, dtype="float64", lr=3e-3, eval_points=64,
           eval_times=(0.5,), weighting=smc.DSMOptimal(gm.sigma_data), out=sys.argv[3], checkpoint_every=5,
-          progress=False)
+          stf_reference=sys.argv[4], progress=False)
 if dist.get_rank() == 0:
     torch.save({"loss": torch.tensor(r.loss), "weights": model.state_dict()}, sys.argv[2])
 dist.destroy_process_group()
 """
 
 
-def _stf_takes_the_whole_reference_batch() -> bool:
-    """Whether STFLoss accepts STF Algorithm 1's whole batch, ref of shape (n_ref, d) holding the minibatch."""
-    x0, t = torch.zeros(2, 1, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64)
-    try:
-        smc.loss(smc.STFLoss(3), lambda x, tt: x, None, VE, t, x0, x0, ref=torch.zeros(3, 1, dtype=torch.float64))
-    except ValueError:
-        return False
-    return True
-
-
-ALGORITHM1 = pytest.mark.skipif(not _stf_takes_the_whole_reference_batch(),
-                                reason="STFLoss does not take STF Algorithm 1's whole reference batch yet")
-DDP_CASES = ["dsm", "stf", pytest.param("stf-algorithm1", marks=ALGORITHM1)]
+DDP_CASES = ["dsm", "stf", "stf-algorithm1"]
 
 
 @pytest.mark.parametrize("objective", DDP_CASES)
-def test_two_ranks_equal_one_process_on_the_concatenated_batch(objective, tmp_path, monkeypatch):
-    form = "algorithm1" if objective == "stf-algorithm1" else "others"
-    monkeypatch.setattr("scoremc.nn.data.STF_REFERENCE", form)
+def test_two_ranks_equal_one_process_on_the_concatenated_batch(objective, tmp_path):
+    # STFLoss(8) < batch_size: the independent form; STFLoss(40) >= batch_size: Algorithm 1's batch
+    form = "algorithm1" if objective == "stf-algorithm1" else "independent" if objective == "stf" else "auto"
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     result = tmp_path / "ddp.pt"
@@ -522,7 +522,7 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(objective, tmp_pa
     objective = {"dsm": smc.DSM(), "stf": smc.STFLoss(8), "stf-algorithm1": smc.STFLoss(40)}[objective]
     r = train(model, objective, GM, VE, steps=15, batch_size=32,
               dtype="float64", lr=3e-3, eval_points=64, eval_times=(0.5,), weighting=smc.DSMOptimal(GM.sigma_data),
-              shards=2, progress=False)
+              shards=2, stf_reference=form, progress=False)
     # equal up to the order of floating-point reductions (the all-reduce of the gradients)
     np.testing.assert_allclose(ddp["loss"].numpy(), r.loss, rtol=1e-10)
     for k, v in model.state_dict().items():

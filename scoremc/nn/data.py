@@ -36,7 +36,7 @@ from ..weighting import Weighting
 
 __all__ = ["DataSource", "ExactTarget", "FiniteData", "as_source", "TimeSampler", "UniformTimes", "LogNormalSigmas",
            "ImportanceTimes", "default_t_range", "check_t_range", "reference_part", "reference_size", "shard_sizes",
-           "STF_REFERENCE", "DATA_ORDERS", "stream_seed"]
+           "STF_REFERENCES", "stf_reference_form", "DATA_ORDERS", "stream_seed"]
 
 DATA_ORDERS = ("epochs", "replacement")
 
@@ -321,32 +321,46 @@ def shard_sizes(total: int, n_shards: int) -> list[int]:
     return [q + (s < r) for s in range(n_shards)]
 
 
-#: What ``loss(..., ref=)`` receives for STFLoss. "others": the n_ref - 1 other points, drawn iid from the data law
-#: and shared by the whole minibatch (ref (n_ref - 1, d); each row adds its own x0: STF Eq. 6 with reference
-#: points independent of x0, as the STF identity's unbiasedness assumes). "algorithm1": STF Algorithm 1's whole
-#: reference batch B_L of n_ref points holding the minibatch (ref (n_ref, d); every shard contributes its x0
-#: followed by its share of the n_ref - batch_size extra points), for an STFLoss that accepts that shape.
-STF_REFERENCE = "others"
+#: How the STF reference batch is formed (``TrainConfig.stf_reference``). "algorithm1": STF Algorithm 1's whole
+#: reference batch B_L of n_ref points holding the minibatch (``ref`` (n_ref, d) of :func:`scoremc.loss`; every
+#: shard contributes its x0 followed by its share of the n_ref - batch_size extra points drawn from the data law).
+#: "independent": n_ref - 1 points drawn from the data law and shared by the minibatch (``ref`` (n_ref - 1, d);
+#: each row adds its own x0). In both, the other points of a row's batch are iid draws from p0 independent of
+#: its x0 (in Algorithm 1 they are the other rows' x0 and the extra points), so both are STF Eq. 6 with an
+#: unbiased target (reference/ERRATA.md); Algorithm 1 draws batch_size - 1 fewer points per step. "auto":
+#: Algorithm 1 when n_ref >= batch_size (it needs the minibatch inside B_L), else "independent".
+STF_REFERENCES = ("auto", "algorithm1", "independent")
 
 
-def reference_size(objective: Objective, batch_size: int) -> int:
-    """How many extra points the whole minibatch draws for the STF reference batch (0 for other objectives)."""
-    if not isinstance(objective, STFLoss) or objective.n_ref == 1:
-        return 0
-    if STF_REFERENCE == "others":
-        return objective.n_ref - 1
-    if objective.n_ref < batch_size:
-        raise ValueError(f"STF Algorithm 1 needs n_ref >= batch_size (the minibatch lies inside the reference batch), "
-                         f"got n_ref={objective.n_ref}, batch_size={batch_size}")
-    return objective.n_ref - batch_size
-
-
-def reference_part(objective: Objective, source: DataSource, x0: torch.Tensor, gen: torch.Generator, size: int,
-                   dtype):
-    """This shard's part of the STF reference batch (None for other objectives): ``size`` extra points drawn iid
-    from the data law, preceded by the shard's x0 in the "algorithm1" form (:data:`STF_REFERENCE`). The parts of
-    all shards, concatenated in shard order (all-gathered across ranks), are the ``ref`` of ``loss``."""
+def stf_reference_form(mode: str, objective: Objective, batch_size: int) -> str | None:
+    """The form ("algorithm1" or "independent") the run uses for ``objective``, None if it has no reference
+    batch (not an STFLoss, or n_ref = 1: DSM)."""
+    if mode not in STF_REFERENCES:
+        raise ValueError(f"stf_reference must be one of {STF_REFERENCES}, got {mode!r}")
     if not isinstance(objective, STFLoss) or objective.n_ref == 1:
         return None
+    if mode == "auto":
+        return "algorithm1" if objective.n_ref >= batch_size else "independent"
+    if mode == "algorithm1" and objective.n_ref < batch_size:
+        raise ValueError(f"stf_reference='algorithm1' needs n_ref >= batch_size (the minibatch lies inside the "
+                         f"reference batch), got n_ref={objective.n_ref}, batch_size={batch_size}; use "
+                         "stf_reference='independent' or 'auto'")
+    return mode
+
+
+def reference_size(objective: Objective, batch_size: int, form: str | None) -> int:
+    """How many extra points the whole minibatch draws for the STF reference batch in ``form``
+    (:func:`stf_reference_form`; 0 without a reference batch)."""
+    if form is None:
+        return 0
+    return objective.n_ref - 1 if form == "independent" else objective.n_ref - batch_size
+
+
+def reference_part(form: str | None, source: DataSource, x0: torch.Tensor, gen: torch.Generator, size: int, dtype):
+    """This shard's part of the STF reference batch (None without one): ``size`` extra points drawn iid from the
+    data law, preceded by the shard's x0 in the "algorithm1" form. The parts of all shards, concatenated in shard
+    order (all-gathered across ranks), are the ``ref`` of ``loss``."""
+    if form is None:
+        return None
     extra = source.sample(size, gen, dtype)
-    return torch.cat([x0, extra]) if STF_REFERENCE == "algorithm1" else extra
+    return torch.cat([x0, extra]) if form == "algorithm1" else extra

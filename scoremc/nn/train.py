@@ -30,8 +30,8 @@ from ..weighting import Weighting
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
 from .evaluate import default_eval_times, relative_score_error
-from .data import (DATA_ORDERS, DataSource, ImportanceTimes, TimeSampler, UniformTimes, as_source, check_t_range,
-                   default_t_range, reference_part, reference_size, shard_sizes, stream_seed)
+from .data import (DATA_ORDERS, STF_REFERENCES, DataSource, ImportanceTimes, TimeSampler, UniformTimes, as_source, check_t_range,
+                   default_t_range, reference_part, reference_size, shard_sizes, stf_reference_form, stream_seed)
 
 __all__ = ["TrainConfig", "TrainResult", "LossEstimator", "train", "load_checkpoint", "relative_score_error"]
 
@@ -73,6 +73,9 @@ class TrainConfig:
     * ``seed``; ``dtype`` ("float32" default, or "float64"); ``data_order`` for finite data sets ("epochs" or
       "replacement", :class:`~scoremc.nn.data.FiniteData`); ``shards`` (blocks per minibatch, default: the
       number of ranks).
+    * ``stf_reference``: how an STFLoss draws its reference batch, "auto" (default), "algorithm1" (STF
+      Algorithm 1: the minibatch inside a batch of n_ref points) or "independent" (n_ref - 1 points shared by
+      the minibatch, each row adding its x0); :data:`~scoremc.nn.data.STF_REFERENCES`.
     * ``eval_every`` (0: only at the end), ``eval_times`` (default: 12 times over ``t_range``, log-spaced for
       EDM), ``eval_points`` (x_t per time); ``checkpoint_every`` (0: only at the end; needs ``out``).
     """
@@ -91,6 +94,7 @@ class TrainConfig:
     dtype: str = "float32"
     data_order: str = "epochs"
     shards: int | None = None
+    stf_reference: str = "auto"
     eval_every: int = 0
     eval_times: tuple | None = None
     eval_points: int = 2048
@@ -131,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"data_order must be one of {DATA_ORDERS}, got {self.data_order!r}")
         if self.shards is not None:
             _int(self.shards, "shards", 1)
+        if self.stf_reference not in STF_REFERENCES:
+            raise ValueError(f"stf_reference must be one of {STF_REFERENCES}, got {self.stf_reference!r}")
         _int(self.eval_every, "eval_every", 0)
         _int(self.checkpoint_every, "checkpoint_every", 0)
         _int(self.eval_points, "eval_points", 2)
@@ -192,7 +198,9 @@ class ShardBatch:
 class LossEstimator:
     """The per-row estimates whose minibatch mean the training loop minimises: for each row,
     factor(t) * loss(objective, ...)(t) with t from ``times``; their expectation is the training objective
-    (:class:`~scoremc.nn.data.TimeSampler`). :meth:`estimates` draws a one-shard batch (for checks)."""
+    (:class:`~scoremc.nn.data.TimeSampler`). ``reference``: the STF reference form
+    (:func:`~scoremc.nn.data.stf_reference_form`, None without one). :meth:`estimates` draws a one-shard batch
+    (for checks)."""
 
     objective: Objective
     source: DataSource
@@ -201,10 +209,11 @@ class LossEstimator:
     t_range: tuple
     weighting: Weighting | None
     dtype: torch.dtype
+    reference: str | None = None
 
     def draw(self, step: int, shard: int, n: int, gen: torch.Generator, ref_size: int) -> ShardBatch:
         x0 = self.source.minibatch(step, shard, n, gen, self.dtype)
-        ref = reference_part(self.objective, self.source, x0, gen, ref_size, self.dtype)
+        ref = reference_part(self.reference, self.source, x0, gen, ref_size, self.dtype)
         t, factor = self.times.draw(n, gen, self.proc, self.t_range, self.dtype)
         eps = torch.randn(x0.shape, generator=gen, dtype=self.dtype, device=x0.device)
         return ShardBatch(x0, eps, t, factor, ref, gen)
@@ -222,7 +231,7 @@ class LossEstimator:
 
     def estimates(self, model, n: int, gen: torch.Generator, *, ref_size: int | None = None) -> torch.Tensor:
         """n per-row estimates (n,) of one shard holding the whole reference batch."""
-        k = reference_size(self.objective, n) if ref_size is None else ref_size
+        k = reference_size(self.objective, n, self.reference) if ref_size is None else ref_size
         b = self.draw(0, 0, n, gen, k)
         return self.loss(model, b, b.ref)
 
@@ -327,7 +336,8 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
     source = as_source(data, device=device, dtype=cfg.torch_dtype, order=cfg.data_order, seed=cfg.seed,
                        batch_size=cfg.batch_size)
     t_range = check_t_range(proc, cfg.t_range if cfg.t_range is not None else default_t_range(proc, cfg.t_eps))
-    est = LossEstimator(objective, source, proc, cfg.times, t_range, cfg.weighting, cfg.torch_dtype)
+    form = stf_reference_form(cfg.stf_reference, objective, cfg.batch_size)
+    est = LossEstimator(objective, source, proc, cfg.times, t_range, cfg.weighting, cfg.torch_dtype, form)
     eval_times = np.asarray(cfg.eval_times) if cfg.eval_times is not None else default_eval_times(proc, t_range)
     proc.check_t(eval_times, "eval_times")
 
@@ -335,7 +345,7 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
     mine = range(rank * shards // world, (rank + 1) * shards // world)
     gens = {s: torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, 1, s)) for s in mine}
-    ref_sizes = shard_sizes(reference_size(objective, cfg.batch_size), shards)
+    ref_sizes = shard_sizes(reference_size(objective, cfg.batch_size, form), shards)
     run = {"versions": {"scoremc": __version__, "torch": torch.__version__}, "objective": repr(objective),
            "process": ckpt.process_spec(proc), "data": source.describe(), "model": repr(model),
            "model_spec": ckpt.model_spec(model), "t_range": list(t_range), "shards": shards,
