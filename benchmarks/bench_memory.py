@@ -163,7 +163,9 @@ def run_case(name: str, size: str = "full") -> dict:
     params, peak_budget, time_budget = sz.params, sz.peak_budget, sz.time_budget
     code = _RUNNER.format(prelude=_PRELUDE, sizes="\n".join(f"{k} = {v!r}" for k, v in params.items()),
                           setup=case.setup, call=case.call)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    # a fixed mmap threshold: glibc otherwise raises it to the size of each freed large block, so the warm-up's
+    # buffers would stay resident and the measured call reuse them unseen (torch's CPU tensors showed 0 MB)
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), MALLOC_MMAP_THRESHOLD_="131072")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"case {name} failed:\n{proc.stderr}")
