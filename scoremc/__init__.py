@@ -28,6 +28,7 @@ from .objectives import DSM, TSM, MixSM, Objective, STFLoss, loss
 from .lcss import LCSS
 from .sliced import FDSSM, SSM
 from .fp_regularized import FPRegularized
+from .local_stf import LocalSTF, LocalSTFLoss  # STF with a local reference batch (beyond the papers)
 # the score Fokker-Planck equation and conservativity diagnostics
 from .fpe import fpe_operator, fpe_residual
 from .conservativity import antisymmetric_norm, curl
@@ -54,6 +55,7 @@ __all__ = [
     "Precond", "edm_precond", "tsm_precond", "denoiser_from_score", "score_from_denoiser", "eps_from_score",
     "score_from_eps", "eps_from_denoiser", "denoiser_from_eps",
     "Objective", "DSM", "TSM", "MixSM", "STFLoss", "LCSS", "SSM", "FDSSM", "FPRegularized", "loss",
+    "LocalSTF", "LocalSTFLoss",
     # score-FPE and conservativity
     "fpe_operator", "fpe_residual", "curl", "antisymmetric_norm", "r_fp", "r_dsm_like", "fpe_diagnostics",
 ]
