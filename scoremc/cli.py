@@ -124,89 +124,14 @@ def _cmd_report(args) -> int:
 TRAIN_OBJECTIVES = ("dsm", "tsm", "kappa", "kappa_bar", "stf")
 
 
-def _train_objective(name: str, n_ref: int):
-    from .identities import Kappa, KappaBar
-    from .objectives import DSM, TSM, MixSM, STFLoss
+def _torch_command(name: str):
+    """The command ``name`` of :mod:`scoremc.nn.cli`, imported when it runs (the torch layer is imported only by
+    its own commands)."""
+    def run(args) -> int:
+        from .nn import cli as nn_cli
 
-    return {"dsm": DSM, "tsm": TSM, "kappa": lambda: MixSM(Kappa()), "kappa_bar": lambda: MixSM(KappaBar()),
-            "stf": lambda: STFLoss(n_ref)}[name]()
-
-
-def _train_weighting(name: str, objective: str, sigma_data: float):
-    """``auto``: the weighting that gives the objective's regression target unit variance per noise level in its
-    natural space (TSM §4.1 / App. D; Karras et al. 2022): TSM-optimal for TSM, DSM-optimal otherwise."""
-    from .weighting import DSMOptimal, Likelihood, SigmaSquared, TSMOptimal, Uniform
-
-    if name == "auto":
-        name = "tsm-optimal" if objective == "tsm" else "dsm-optimal"
-    return {"dsm-optimal": DSMOptimal(sigma_data), "tsm-optimal": TSMOptimal(sigma_data), "song": SigmaSquared(),
-            "likelihood": Likelihood(), "uniform": Uniform()}[name]
-
-
-def plot_relative_error(ds, path, title: str | None = None) -> str:
-    """Relative score error E|s - s*|^2 / E|s*|^2 against sigma(t), log-log, one line per evaluation step (the
-    last one bold); ds as :func:`scoremc.nn.train.relative_score_error` by ``step``. Returns the path."""
-    from .plotting import figure, save_figure
-
-    fig, axes = figure(figsize=(6.4, 4.4))
-    ax = axes[0, 0]
-    steps = ds["step"].values
-    for i, step in enumerate(steps):
-        last = i == len(steps) - 1
-        y = ds["rel_error"].sel(step=step).values
-        ax.plot(ds["sigma"].values, y, marker="o" if last else None, markersize=3, linewidth=2.0 if last else 0.8,
-                color="C0" if last else str(0.75 - 0.5 * i / max(len(steps) - 1, 1)), label=f"step {int(step)}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"$\sigma(t)$")
-    ax.set_ylabel(r"$E\|s_\theta - \nabla\log p_t\|^2 \,/\, E\|\nabla\log p_t\|^2$")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    if title:
-        ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
-
-
-def _cmd_train(args) -> int:
-    import os
-
-    import torch  # the torch layer is imported only by this command
-
-    from .nn.data import ImportanceTimes, LogNormalSigmas, UniformTimes
-    from .nn.models import Preconditioned, ScoreMLP
-    from .nn.train import train  # from the submodule: scoremc.nn's lazy `train` can be the submodule itself
-
-    target = TARGETS[args.target]()
-    proc = PROCESS_NAMES[args.process]()
-    objective = _train_objective(args.objective, args.n_ref)
-    weighting = _train_weighting(args.weighting, args.objective, target.sigma_data)
-    times = {"uniform": UniformTimes(), "lognormal": LogNormalSigmas(),
-             "importance": ImportanceTimes(weighting)}[args.times]
-    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, without touching global state
-        torch.manual_seed(args.seed)
-        model = Preconditioned(ScoreMLP(target.dim), proc, None if args.precond == "none" else args.precond,
-                               sigma_data=target.sigma_data)
-    every = max(args.steps // 10, 1)
-    result = train(model, objective, target, proc, out=args.out, device=args.device,
-                   meta={"target": args.target, "command": "scoremc train " + " ".join(args.argv)},
-                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema=args.ema, seed=args.seed,
-                   weighting=weighting, times=times,
-                   eval_every=every if args.eval_every is None else args.eval_every,
-                   checkpoint_every=every if args.checkpoint_every is None else args.checkpoint_every,
-                   eval_points=args.eval_points, progress=None)
-    print(f"trained {objective!r} on {args.target} under {proc!r}: {result.step} steps, final loss "
-          f"{np.mean(result.loss[-50:]):.4g} (mean of the last 50)")
-    print(f"checkpoint  {os.path.join(args.out, 'checkpoint.json')}")
-    if result.eval is not None:
-        last = result.eval.isel(step=-1)
-        print(f"eval        {os.path.join(args.out, 'eval.nc')}")
-        png = plot_relative_error(result.eval, os.path.join(args.out, "eval.png"),
-                                  f"{args.objective} on {args.target}, {proc!r}")
-        print(f"plot        {png}")
-        print(f"\n{'t':>10} {'sigma':>10} {'rel. error':>12}")
-        for t, s, e in zip(last["t"].values, last["sigma"].values, last["rel_error"].values):
-            print(f"{t:10.4g} {s:10.4g} {e:12.4g}")
-    return 0
+        return getattr(nn_cli, name)(args)
+    return run
 
 
 def _add_train_parser(sub) -> None:
@@ -239,7 +164,31 @@ def _add_train_parser(sub) -> None:
                     "(default %(default)s)")
     tr.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default steps/10)")
     tr.add_argument("--out", required=True, help="run folder (resumed if it holds a checkpoint)")
-    tr.set_defaults(run=_cmd_train)
+    tr.set_defaults(run=_torch_command("cmd_train"))
+
+
+def _add_evaluate_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="evaluate a trained score model (a `scoremc train` run folder) against the "
+                        "exact truth of its target: netCDF + PNG", description=(
+                            "Loads the EMA model of the run folder DIR and runs scoremc.nn.evaluate: relative score "
+                            "error, score-FPE residual, antisymmetric Jacobian and Tweedie error by noise level (each "
+                            "with the exact score's floor), MMD and sliced Wasserstein of model samples against exact "
+                            "samples (with their noise floors) and KL(p0 || p_theta) by the PF-ODE likelihood. Writes "
+                            "OUT/evaluation.nc and OUT/evaluation.png. Needs the torch extra."))
+    ev.add_argument("dir", metavar="DIR", help="run folder of `scoremc train` (config.json + checkpoint)")
+    ev.add_argument("--target", choices=sorted(TARGETS), default=None, help="default: the run's target")
+    ev.add_argument("--process", choices=sorted(PROCESS_NAMES), default=None,
+                    help="default: the run's process (with its parameters)")
+    ev.add_argument("--n", type=int, default=2048, help="exact draws of x_t per noise level (default %(default)s)")
+    ev.add_argument("--samples", type=int, default=2048, help="model and exact samples compared (default %(default)s)")
+    ev.add_argument("--n-likelihood", type=int, default=256, help="points of the KL estimate (default %(default)s)")
+    ev.add_argument("--no-likelihood", action="store_true", help="skip the PF-ODE likelihood (KL)")
+    ev.add_argument("--prior", choices=("exact", "gaussian"), default="exact", help="start the sampler (and end the "
+                    "likelihood) at the exact p_T (the score's error alone) or the Gaussian prior (default %(default)s)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
+    ev.add_argument("--out", default=None, help="output folder (default DIR)")
+    ev.set_defaults(run=_torch_command("cmd_evaluate"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,13 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     var.set_defaults(run=_cmd_variance)
 
     _add_train_parser(sub)
+    _add_evaluate_parser(sub)
 
     from .experiments import tsm_weightings  # the TSM Figs. 3-4 reproduction registers its own subcommand
 
     tsm_weightings.add_parser(sub)
-    from .experiments import training  # `scoremc experiments`: torch is imported only when it runs
-
-    training.add_parser(sub)
     return parser
 
 

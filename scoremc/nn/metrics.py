@@ -162,17 +162,23 @@ def sliced_wasserstein(x, y, *, n_projections: int = 256, p: float = 2.0, genera
     x, y = _pair(x, y, 1)
     m, n = len(x), len(y)
     theta = _directions(x.shape[1], n_projections, generator, directions, x.device)
-    # merged breakpoints u_k = v_k / (m n) of both quantile functions; on (u_{k-1}, u_k] the quantile functions
-    # are x_(ceil(u m)) and y_(ceil(u n)), i.e. 0-based indices ceil(v / n) - 1 and ceil(v / m) - 1
-    v = torch.sort(torch.cat([torch.arange(1, m + 1, device=x.device) * n,
-                              torch.arange(1, n + 1, device=x.device) * m])).values
-    width = torch.diff(v, prepend=v.new_zeros(1)).to(torch.float64) / (m * n)
-    ix, iy = (v + n - 1) // n - 1, (v + m - 1) // m - 1
+    if m == n:  # the quantile functions share their breakpoints i / n
+        ix = iy = None
+    else:
+        # merged breakpoints u_k = v_k / (m n) of both quantile functions; on (u_{k-1}, u_k] the quantile functions
+        # are x_(ceil(u m)) and y_(ceil(u n)), i.e. 0-based indices ceil(v / n) - 1 and ceil(v / m) - 1
+        v = torch.sort(torch.cat([torch.arange(1, m + 1, device=x.device) * n,
+                                  torch.arange(1, n + 1, device=x.device) * m])).values
+        width = torch.diff(v, prepend=v.new_zeros(1)).to(torch.float64) / (m * n)
+        ix, iy = (v + n - 1) // n - 1, (v + m - 1) // m - 1
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     step = block_rows(m + n, budget, width=3)  # per direction: the sorted x and y, the merged differences
     for j in range(0, len(theta), step):
         th = theta[j:j + step]
         px = torch.sort(th @ x.T, dim=1).values  # (P, m): rows contiguous, sorted along them
         py = torch.sort(th @ y.T, dim=1).values
-        total += ((px[:, ix] - py[:, iy]).abs().pow(p) @ width).sum()
+        if ix is None:
+            total += (px - py).abs().pow(p).sum() / n
+        else:
+            total += ((px[:, ix] - py[:, iy]).abs().pow(p) @ width).sum()
     return (total / len(theta)).pow(1.0 / p)
