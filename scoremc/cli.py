@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments import tsm_weightings  # the TSM Figs. 3-4 reproduction registers its own subcommand
 
     tsm_weightings.add_parser(sub)
+    from .experiments import training  # `scoremc experiments`: torch is imported only when it runs
+
+    training.add_parser(sub)
     return parser
 
 
