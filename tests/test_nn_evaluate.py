@@ -198,8 +198,10 @@ def test_broken_scores_leave_the_noise_floor(case, broken, bands):
 @pytest.mark.parametrize("case", CASES)
 def test_kl_of_the_exact_score_is_its_floor(case):
     """With the exact score and the exact prior, log p_theta is the exact log p_{t_lo} up to the PF-ODE solver, so
-    kl - kl_floor is the mean solver error on the same points: below 1e-4 (scoremc.nn.likelihood's measured
-    accuracy at rtol = atol = 1e-5 on 2-D mixtures). kl_floor = E_{p0} log p0 / p_{t_lo} against its closed form
+    kl - kl_floor is the mean solver error on the same points. The solver controls the local error of the state
+    [x, int div v] at rtol = atol = 1e-5, and the integral is ~d ln(sigma_max / sigma_min) = 17 under VE(0.01, 50):
+    1e-5 of it is 1.7e-4; allowed 3e-4 (over 50 seeds the largest |kl - kl_floor| was 1.1e-4 on fp-gmm / VE, 7e-6
+    on the Gaussian / VP). kl_floor = E_{p0} log p0 / p_{t_lo} against its closed form
     for the Gaussian, d/2 (v/S - 1 - ln(v/S)), within 4 sd of the mean of n draws of the quadratic integrand
     -|x|^2 (1/v - 1/S) / 2 - d/2 ln(v/S), sd = sqrt(d/2) v |1/v - 1/S| / sqrt(n)."""
     from scoremc.nn.data import default_t_range
@@ -207,7 +209,7 @@ def test_kl_of_the_exact_score_is_its_floor(case):
     target, proc = CASES[case]
     n = 32
     r = end_to_end(smc.exact_score(target, proc), target, proc, n_samples=64, n_likelihood=n, seed=1)
-    assert abs(r["kl"] - r["kl_floor"]) < 1e-4, r
+    assert abs(r["kl"] - r["kl_floor"]) < 3e-4, r
     if target is GAUSS:
         _, _, S, _, _ = _coefficients(proc, [default_t_range(proc)[0]])
         want = (V / S[0] - 1 - math.log(V / S[0]))
@@ -354,3 +356,12 @@ def test_cli_evaluate_a_run_folder(tmp_path, capsys):
         assert ds.attrs["target"] == repr(smc.builtin.ring8()) and "kl" not in ds
     with pytest.raises(SystemExit, match="config.json"):
         main(["evaluate", str(tmp_path / "nothing"), "--target", "fp-gmm", "--process", "ve"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_evaluate_on_cuda_matches_the_cpu_layout():
+    from scoremc.nn import Preconditioned, ScoreMLP
+
+    model = Preconditioned(ScoreMLP(2, hidden=16), VP, "edm", sigma_data=math.sqrt(V)).cuda()
+    ds = evaluate(model, GAUSS, VP, ts=[0.3], n=64, n_derivatives=16, n_samples=64, n_likelihood=8)
+    assert np.all(ds["tweedie_error"].values < 1e-8) and math.isfinite(float(ds["kl"]))

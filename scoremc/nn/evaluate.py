@@ -196,9 +196,10 @@ def score_diagnostics(model, target, proc, ts, *, n: int = 2048, n_derivatives: 
 def _end_to_end(model, target, proc, *, n_samples, n_likelihood, sampler, likelihood, prior, t_range,
                 n_projections, rtol, atol, seed, device, progress):
     """(the metrics as a dict of floats, {"model": (n, d), "exact": (n, d)} samples)."""
-    from .sample import sample as run_sampler
+    from .sample import Heun, sample as run_sampler
 
     proc = check_process(proc)
+    sampler = Heun() if sampler is None else sampler
     n_samples = as_count(n_samples, "n_samples", minimum=2)
     if prior not in PRIORS:
         raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
@@ -287,7 +288,10 @@ def evaluate(model, target, proc, ts=None, *, n: int = 2048, n_derivatives: int 
 
     Attributes: ``process``, ``target``, ``model`` (reprs), ``settings`` (JSON). See the parts for definitions.
     """
+    from .sample import Heun
+
     proc = check_process(proc)
+    sampler = Heun() if sampler is None else sampler
     t_range = default_t_range(proc) if t_range is None else check_t_range(proc, t_range)
     ts = default_eval_times(proc, t_range) if ts is None else np.asarray(ts, dtype=np.float64).reshape(-1)
     proc.check_t(ts, "ts")
