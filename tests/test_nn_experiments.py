@@ -3,10 +3,11 @@ reload, and its claims, recomputed from the reloaded numbers, hold where they ho
 
 What is asserted at quick size, and why (the default-size verdicts are in the README and the experiments' .md):
 
-* tsm-fig5: all six claims. The blow-up and boundedness claims rest on the objectives' irreducible variance (the
-  exact-score floor), which a 200-step model cannot remove; the "converges faster" claims compare relative
-  score errors whose gaps at this size (DSM about 9x worse; TSM about 1.1x) are far outside the evaluation's
-  standard errors.
+* tsm-fig5: the four loss-by-t claims (blow-up of DSM at t -> 0 and of TSM at t -> 1, kappa and kappa-bar
+  bounded). They rest on the objectives' irreducible variance (the exact-score floor), which a 200-step model
+  cannot remove. The "converges faster" claims are NOT asserted: after 200 steps every model is still in the
+  initial plateau (MMD^2 0.0475-0.0478 for all four, excess loss 1.29 for TSM and both mixtures), so their
+  verdicts are ties broken by noise; at the default size the mixtures separate after ~1200 steps.
 * fp-curl: the exact score's curl and residual are zero to round-off, and the alpha = 0.01 model has the
   lower residual and curl. The alpha = 0.003 model's curl is NOT asserted: after 150 steps it is within 1% of
   DSM's (measured 0.0433 vs 0.0431, i.e. the claim says NO at this size), too small a difference for one seed.
@@ -75,9 +76,14 @@ def test_tsm_fig5(tmp_path):
                   - 1e-9 * ds["loss_floor"])
     claims = training_claims.tsm_fig5(ds)
     _table_matches(text, claims)
-    assert _verdicts(claims) == {"tsm-fig5-dsm-t0": True, "tsm-fig5-tsm-t1": True, "tsm-fig5-bounded:kappa": True,
-                                 "tsm-fig5-bounded:kappa_bar": True, "tsm-fig5-faster:kappa": True,
-                                 "tsm-fig5-faster:kappa_bar": True}
+    verdict = _verdicts(claims)
+    assert {k for k in verdict if "faster" in k} == {f"tsm-fig5-{m}:{o}" for m in ("faster", "faster-excess")
+                                                     for o in ("kappa", "kappa_bar")}
+    assert all(verdict[k] for k in ("tsm-fig5-dsm-t0", "tsm-fig5-tsm-t1", "tsm-fig5-bounded:kappa",
+                                    "tsm-fig5-bounded:kappa_bar"))
+    # MMD over training: one value per stage and objective, the samples' noise level recorded beside it
+    assert ds["mmd"].shape == (4, ds.sizes["stage"]) and np.all(np.isfinite(ds["mmd"]))
+    assert abs(float(ds["mmd_floor"])) < float(ds["mmd"].min())
     # the claims can say NO: with DSM and TSM swapped, both blow-up claims fail
     swapped = ds.assign_coords(objective=["tsm", "dsm", "kappa", "kappa_bar"])
     verdict = _verdicts(training_claims.tsm_fig5(swapped))
@@ -124,3 +130,19 @@ def test_registry_and_the_local_reference_hook(tmp_path, capsys):
         run("local-ref", tmp_path)
     with pytest.raises(ValueError):
         run("nope", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tsm-fig5", "fp-curl", "stf-nref"])
+def test_default_size_claims_hold_or_are_explained(name, tmp_path):
+    """The documented default runs (about 2-5 minutes each on 2 busy cores): every claim holds, or says NO with
+    the reason we understand (training_claims.REASONS; the README lists the verdicts)."""
+    ds, text = _reload(run(name, tmp_path, quick=False, seed=0, progress=False), name)
+    claims = {"tsm-fig5": training_claims.tsm_fig5, "fp-curl": training_claims.fp_curl,
+              "stf-nref": training_claims.stf_nref}[name](ds)
+    _table_matches(text, claims)
+    unexplained = [c.key for c in claims if not c.holds and c.key not in training_claims.REASONS]
+    assert not unexplained, unexplained
+    for c in claims:
+        if not c.holds:
+            assert training_claims.REASONS[c.key] in text

@@ -31,7 +31,14 @@ __all__ = [
 _LOG_FLOOR = 1e-20
 
 #: what we understand of a claim that says NO on our runs (printed under the table only when it does)
+_MMD_BUMP = ("the MMD of DSM's samples never leaves its untrained value (DSM does not learn under uniform lambda: its "
+             "excess loss rises), while the mixtures' and TSM's first rise from it as the models start to move mass "
+             "between the modes (at the default size, steps ~1200-2400) and then fall: the average over training "
+             "penalises that transient. At the end of the default run the mixtures' samples are the closest to the "
+             "exact ones (kappa 0.013, kappa-bar 0.024 vs TSM 0.07, DSM 0.05), as in the paper's panel")
 REASONS = {
+    "tsm-fig5-faster:kappa": _MMD_BUMP,
+    "tsm-fig5-faster:kappa_bar": _MMD_BUMP,
     "stf-nref-early": "the first quarter of training is a plateau common to every n_ref (at the default size the "
                       "excess loss stays near 0.2 for ~800 steps, while the network has not yet resolved the two "
                       "modes); the lower target variance shows once the loss falls (steps ~800-1200), and the gap "
@@ -47,7 +54,7 @@ def _mid(ds) -> int:
 
 def tsm_fig5(ds) -> list[Claim]:
     """TSM Fig. 5: DSM's loss blows up as t -> 0, TSM's as t -> 1, the kappa and kappa-bar mixtures' stay bounded
-    (left panel); the mixtures converge faster (right panel; relative score error in place of MMD)."""
+    (left panel); the mixtures converge faster (right panel: by the MMD of samples, and by the excess loss)."""
     t, mid = ds["t"].values, _mid(ds)
     loss, floor = ds["loss"], ds["loss_floor"]
 
@@ -69,15 +76,17 @@ def tsm_fig5(ds) -> list[Claim]:
                          "(TSM Fig. 5)", bool(max(lo, hi) < BLOWUP),
                          f"ratios to t = {t[mid]:.3g}: {lo:.3g} (t -> 0), {hi:.3g} (t -> 1), bounded below "
                          f"{BLOWUP:g}; {text}"))
-    auc = excess_loss(ds).mean("step")
-    base = min(float(auc.sel(objective="dsm")), float(auc.sel(objective="tsm")))
-    for name in ("kappa", "kappa_bar"):
-        a = float(auc.sel(objective=name))
-        out.append(Claim(f"tsm-fig5-faster:{name}", f"the {name} mixture converges faster than DSM and TSM (TSM Fig. 5 "
-                         "right; the excess loss over training in place of MMD)", bool(a < base),
-                         f"excess loss averaged over the {ds.sizes['step']} evaluations: {a:.3g} vs "
-                         + ", ".join(f"{o} {float(auc.sel(objective=o)):.3g}" for o in ("dsm", "tsm"))
-                         + " (one seed)"))
+    # "converges faster": the lower area under the learning curve, by MMD (the paper's measure) and excess loss
+    for key, curve, what in (("faster", ds["mmd"].mean("stage"), "MMD^2 of samples"),
+                             ("faster-excess", excess_loss(ds).mean("step"), "excess loss")):
+        base = min(float(curve.sel(objective="dsm")), float(curve.sel(objective="tsm")))
+        for name in ("kappa", "kappa_bar"):
+            a = float(curve.sel(objective=name))
+            out.append(Claim(f"tsm-fig5-{key}:{name}", f"the {name} mixture converges faster than DSM and TSM "
+                             f"(TSM Fig. 5 right), by the {what}", bool(a < base),
+                             f"{what} averaged over training: {a:.3g} vs "
+                             + ", ".join(f"{o} {float(curve.sel(objective=o)):.3g}" for o in ("dsm", "tsm"))
+                             + " (one seed)"))
     return out
 
 
@@ -150,7 +159,7 @@ def stf_nref(ds) -> list[Claim]:
 
 # -- plots -----------------------------------------------------------------------------------------------------
 def plot_tsm_fig5(ds, path) -> str:
-    fig, axes = figure(1, 3, figsize=(15, 4.2))
+    fig, axes = figure(1, 4, figsize=(20, 4.2))
     ax = axes[0, 0]
     for i, name in enumerate(ds["objective"].values):
         ax.plot(ds["t"], ds["loss"].sel(objective=name), "o-", ms=3, color=f"C{i}", label=name)
@@ -159,11 +168,17 @@ def plot_tsm_fig5(ds, path) -> str:
     ax.set(yscale="log", ylim=(0.1 * float(ds["loss"].min()), None), xscale="logit", xlabel="t",
            ylabel=r"$E\|s_\theta - L\|^2$", title="regression loss (dashed: exact score)")
     ax = axes[0, 1]
+    for name in ds["objective"].values:
+        ax.plot(ds["stage"], ds["mmd"].sel(objective=name), "o-", ms=3, label=name)
+    ax.axhline(abs(float(ds["mmd_floor"])), color="k", lw=0.6, ls=":")
+    ax.set(xlabel="step", title="MMD$^2$ of samples vs exact (dotted: two exact sets)")
+    ax.set_yscale("symlog", linthresh=max(abs(float(ds["mmd_floor"])), 1e-6))  # MMD^2_u can be < 0
+    ax = axes[0, 2]
     excess = excess_loss(ds)
     for name in ds["objective"].values:
         ax.plot(ds["step"], excess.sel(objective=name), "o-", ms=3, label=name)
     ax.set(yscale="log", xlabel="step", title=r"excess loss $\int\lambda E\|s_\theta - s^*\|^2 dt / T$ over training")
-    ax = axes[0, 2]
+    ax = axes[0, 3]
     for name in ds["objective"].values:
         ax.plot(ds["t"], ds["rel_error"].sel(objective=name).isel(step=-1), "o-", ms=3, label=name)
     ax.set(yscale="log", xscale="logit", xlabel="t", title="relative score error at the end of training")

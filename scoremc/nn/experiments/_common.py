@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import tempfile
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from ..data import stream_seed
 from ..models import Preconditioned, ScoreMLP
 from ..train import train
 
-__all__ = ["as_float64", "one_thread", "per_t_loss", "seeded_model", "train_model"]
+__all__ = ["as_float64", "one_thread", "per_t_loss", "seeded_model", "train_in_stages", "train_model"]
 
 
 @contextlib.contextmanager
@@ -41,6 +42,18 @@ def train_model(objective, dist, proc, *, seed: int, progress=None, **settings):
     """:func:`scoremc.nn.train.train` of a fresh :func:`seeded_model` (same weights and draws for every
     objective given the same seed); ``settings`` as :class:`~scoremc.nn.train.TrainConfig`."""
     return train(seeded_model(dist, proc, seed), objective, dist, proc, seed=seed, progress=progress, **settings)
+
+
+def train_in_stages(objective, dist, proc, stages, at_stage, *, seed: int, progress=None, **settings):
+    """:func:`train_model` stopped at each step count of ``stages`` (increasing) and resumed from a temporary run
+    folder, which :func:`~scoremc.nn.train.train` continues bit for bit as one run would; ``at_stage(step,
+    ema_model)`` after each stage (e.g. to draw samples). Returns the last stage's TrainResult (whole history)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for steps in stages:
+            result = train(seeded_model(dist, proc, seed), objective, dist, proc, out=folder, seed=seed,
+                           progress=progress, **{**settings, "steps": int(steps)})
+            at_stage(int(steps), result.model)
+    return result
 
 
 def as_float64(model: torch.nn.Module) -> torch.nn.Module:
