@@ -121,7 +121,7 @@ def _cmd_report(args) -> int:
 
 
 #: ``scoremc train --objective`` names
-TRAIN_OBJECTIVES = ("dsm", "tsm", "kappa", "kappa_bar", "stf")
+TRAIN_OBJECTIVES = ("dsm", "tsm", "kappa", "kappa_bar", "stf", "fp")
 
 
 def _torch_command(name: str):
@@ -144,8 +144,13 @@ def _add_train_parser(sub) -> None:
                             "an existing OUT resumes it. Needs the torch extra."))
     tr.add_argument("--target", choices=sorted(TARGETS), default="fp-gmm")
     tr.add_argument("--objective", choices=TRAIN_OBJECTIVES, default="dsm",
-                    help="dsm, tsm, kappa / kappa_bar (TSM §4.1 mixtures), stf (default %(default)s)")
+                    help="dsm, tsm, kappa / kappa_bar (TSM §4.1 mixtures), stf, fp (FP-Diffusion Eq. 19 with the "
+                    "paper's synthetic-data recipe (alpha, beta, lambda_FP, m) = (0.0015, 0, 1, 1), its own g^2 "
+                    "weighting, exact divergence by autograd) (default %(default)s)")
     tr.add_argument("--n-ref", type=int, default=256, help="STF reference batch size n_ref (default %(default)s)")
+    tr.add_argument("--stf-reference", choices=("auto", "algorithm1", "independent"), default="auto",
+                    help="STF reference batch: Algorithm 1's batch holding the minibatch, or n_ref - 1 points shared "
+                    "by the minibatch (auto: Algorithm 1 when n_ref >= batch size)")
     tr.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ve")
     tr.add_argument("--precond", choices=("edm", "tsm", "none"), default="edm")
     tr.add_argument("--weighting", choices=("auto", "dsm-optimal", "tsm-optimal", "song", "likelihood", "uniform"),
@@ -165,6 +170,23 @@ def _add_train_parser(sub) -> None:
     tr.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default steps/10)")
     tr.add_argument("--out", required=True, help="run folder (resumed if it holds a checkpoint)")
     tr.set_defaults(run=_torch_command("cmd_train"))
+
+
+def _add_ship_parser(sub) -> None:
+    sh = sub.add_parser("ship", help="make a model folder (models/NAME) from a `scoremc train` run: weights, recipe "
+                        "and a card of measured errors", description=(
+                            "Copies the run's EMA weights to OUT/model.safetensors, writes OUT/model.json, "
+                            "OUT/recipe.sh (the run's training command and this command), and measures the card: "
+                            "OUT/card.json, OUT/card.md, OUT/card.png (relative score error at 12 times over "
+                            "[0.05, 1], and the end-to-end metrics of scoremc.nn.evaluate). Needs the torch extra."))
+    sh.add_argument("run_dir", metavar="RUN", help="a `scoremc train --target NAME` run folder")
+    sh.add_argument("out", metavar="OUT", help="the model folder to write (e.g. models/dsm-fp-gmm)")
+    sh.add_argument("--n", type=int, default=4096, help="exact x_t draws per noise level (default %(default)s)")
+    sh.add_argument("--samples", type=int, default=4000, help="model and exact samples for MMD / sliced Wasserstein "
+                    "(default %(default)s)")
+    sh.add_argument("--n-likelihood", type=int, default=500, help="points of the KL estimate (default %(default)s)")
+    sh.add_argument("--seed", type=int, default=0)
+    sh.set_defaults(run=_torch_command("cmd_ship"))
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -240,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
+    _add_ship_parser(sub)
 
     from .experiments import tsm_weightings  # the TSM Figs. 3-4 reproduction registers its own subcommand
 

@@ -60,3 +60,41 @@ def test_cli_imports_torch_only_in_the_train_command():
     code = ("import sys; from scoremc.cli import build_parser; build_parser(); "
             "assert 'torch' not in sys.modules, 'scoremc.cli imported torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fp_objective_and_stf_reference_options(tmp_path, capsys):
+    assert main(["train", "--objective", "fp", *TINY, "--out", str(tmp_path / "fp")]) == 0
+    run = json.loads((tmp_path / "fp" / "config.json").read_text())
+    assert run["objective"].startswith("FPRegularized(alpha=0.0015, beta=0.0, m=1")
+    assert run["settings"]["weighting"] is None  # the objective carries its own g^2 weighting
+    with pytest.raises(SystemExit, match="its own weighting"):
+        main(["train", "--objective", "fp", "--weighting", "song", *TINY, "--out", str(tmp_path / "bad")])
+    assert main(["train", "--objective", "stf", "--n-ref", "32", "--stf-reference", "algorithm1", *TINY,
+                 "--out", str(tmp_path / "stf")]) == 0
+    assert json.loads((tmp_path / "stf" / "config.json").read_text())["settings"]["stf_reference"] == "algorithm1"
+
+
+def test_ship_makes_a_model_folder_that_loads_and_rechecks(tmp_path, capsys):
+    from scoremc.nn import load
+    from scoremc.nn.card import EVAL_TIMES, read_card, recheck
+
+    run, out = tmp_path / "run", tmp_path / "models" / "tiny-dsm"
+    assert main(["train", "--target", "fp-gmm", *TINY, "--out", str(run)]) == 0
+    assert main(["ship", str(run), str(out), "--n", "128", "--samples", "128", "--n-likelihood", "8"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "card.png", "model.json",
+                                                     "model.safetensors", "recipe.sh"]
+    card = read_card(out)
+    assert card["name"] == "tiny-dsm" and card["target"] == "fp-gmm" and card["process"] == "ve"
+    assert len(card["rel_score_error"]) == len(EVAL_TIMES) and {"mmd", "kl"} <= set(card["end_to_end"])
+    recipe = (out / "recipe.sh").read_text()
+    assert "scoremc train --target fp-gmm" in recipe and f"scoremc ship {run} {out}" in recipe
+    # the shipped weights are the run's EMA weights; the folder loads; the card re-measures to round-off
+    x, t = torch.randn(16, 2), torch.full((16,), 0.5)
+    assert torch.equal(load(out)(x, t), load(run)(x, t))
+    card, measured = recheck(out, end_to_end=False)
+    for key, value in card["rel_score_error"].items():
+        assert measured["rel_score_error"][key] == pytest.approx(value, rel=1e-6)
+    # scoremc evaluate opens a shipped folder too (target and process from model.json)
+    assert main(["evaluate", str(out), "--no-likelihood", "--n", "64", "--samples", "64",
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "evaluation.nc").exists()

@@ -13,15 +13,17 @@ from ..builtin import TARGETS
 from ..cli import PROCESS_NAMES
 from ..plotting import ROUND_OFF_FLOOR, figure, panels, save_figure
 
-__all__ = ["cmd_train", "cmd_evaluate", "plot_relative_error", "plot_evaluation", "end_to_end_summary"]
+__all__ = ["cmd_train", "cmd_evaluate", "cmd_ship", "plot_relative_error", "plot_evaluation", "end_to_end_summary"]
 
 
 def _train_objective(name: str, n_ref: int):
+    from ..derivatives import Autograd
+    from ..fp_regularized import FPRegularized
     from ..identities import Kappa, KappaBar
     from ..objectives import DSM, TSM, MixSM, STFLoss
 
     return {"dsm": DSM, "tsm": TSM, "kappa": lambda: MixSM(Kappa()), "kappa_bar": lambda: MixSM(KappaBar()),
-            "stf": lambda: STFLoss(n_ref)}[name]()
+            "stf": lambda: STFLoss(n_ref), "fp": lambda: FPRegularized(derivatives=Autograd())}[name]()
 
 
 def _train_weighting(name: str, objective: str, sigma_data: float):
@@ -136,9 +138,15 @@ def cmd_train(args) -> int:
     target = TARGETS[args.target]()
     proc = PROCESS_NAMES[args.process]()
     objective = _train_objective(args.objective, args.n_ref)
-    weighting = _train_weighting(args.weighting, args.objective, target.sigma_data)
-    times = {"uniform": UniformTimes(), "lognormal": LogNormalSigmas(),
-             "importance": ImportanceTimes(weighting)}[args.times]
+    if objective.accepts_weighting:
+        weighting = _train_weighting(args.weighting, args.objective, target.sigma_data)
+    elif args.weighting != "auto" or args.times == "importance":
+        raise SystemExit(f"scoremc train: --objective {args.objective} carries its own weighting; leave --weighting "
+                         "auto and --times uniform or lognormal")
+    else:
+        weighting = None
+    times = {"uniform": UniformTimes, "lognormal": LogNormalSigmas,
+             "importance": lambda: ImportanceTimes(weighting)}[args.times]()
     with torch.random.fork_rng(devices=[]):  # the initial weights from the seed, without touching global state
         torch.manual_seed(args.seed)
         model = Preconditioned(ScoreMLP(target.dim), proc, None if args.precond == "none" else args.precond,
@@ -150,7 +158,7 @@ def cmd_train(args) -> int:
                    weighting=weighting, times=times,
                    eval_every=every if args.eval_every is None else args.eval_every,
                    checkpoint_every=every if args.checkpoint_every is None else args.checkpoint_every,
-                   eval_points=args.eval_points, progress=None)
+                   eval_points=args.eval_points, stf_reference=args.stf_reference, progress=None)
     print(f"trained {objective!r} on {args.target} under {proc!r}: {result.step} steps, final loss "
           f"{np.mean(result.loss[-50:]):.4g} (mean of the last 50)")
     print(f"checkpoint  {os.path.join(args.out, 'checkpoint.json')}")
@@ -167,13 +175,21 @@ def cmd_train(args) -> int:
 
 
 def _run_defaults(folder: str, target: str | None, process: str | None):
-    """(target name, process) from the arguments, else from the run's config.json (``meta.target``, ``process``)."""
+    """(target name, process) from the arguments, else from the folder: a run's config.json (``meta.target``,
+    ``process``) or a shipped model's model.json (``target``, ``model_spec.process``)."""
+    from .card import MODEL
     from .checkpoint import CONFIG, build_process, read_config
 
-    try:
-        run = read_config(folder)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"scoremc evaluate: {exc}") from None
+    shipped = os.path.join(folder, MODEL)
+    if os.path.exists(shipped):
+        with open(shipped) as fh:
+            spec = json.load(fh)
+        run = {"meta": {"target": spec["target"]}, "process": spec["model_spec"]["process"]}
+    else:
+        try:
+            run = read_config(folder)
+        except FileNotFoundError as exc:
+            raise SystemExit(f"scoremc evaluate: {exc}") from None
     target = target or (run.get("meta") or {}).get("target")
     if target is None:
         raise SystemExit(f"scoremc evaluate: {folder!r} does not name its target (no meta.target in {CONFIG}); "
@@ -190,11 +206,11 @@ def _run_defaults(folder: str, target: str | None, process: str | None):
 def cmd_evaluate(args) -> int:
     """``scoremc evaluate`` (see its ``--help``)."""
     from ..variance import save_dataset
-    from .checkpoint import load_checkpoint
+    from .card import load
     from .evaluate import evaluate
 
     name, proc = _run_defaults(args.dir, args.target, args.process)
-    model = load_checkpoint(args.dir, device=args.device)
+    model = load(args.dir, device=args.device)
     target = TARGETS[name]()
     ds = evaluate(model, target, proc, n=args.n, n_samples=args.samples, n_likelihood=args.n_likelihood,
                   likelihood=not args.no_likelihood, prior=args.prior, seed=args.seed, device=args.device)
@@ -210,4 +226,29 @@ def cmd_evaluate(args) -> int:
               f"{float(r.fpe_residual_rel):11.4g} {float(r.antisymmetric_rel):11.4g}")
     print(f"\n{end_to_end_summary(ds)}")
     print(f"\nnetCDF      {nc}\nplot        {png}")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    """``scoremc ship`` (see its ``--help``)."""
+    import shlex
+
+    from .card import ship
+    from .checkpoint import read_config
+
+    try:
+        command = (read_config(args.run_dir).get("meta") or {}).get("command")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"scoremc ship: {exc}") from None
+    if not command:
+        raise SystemExit(f"scoremc ship: {args.run_dir!r} was not made by `scoremc train` (no command in its config)")
+    recipe = "export OMP_NUM_THREADS=1  # one thread: the same float reductions, so the same weights bit for bit\n" \
+        f"{command}\nscoremc ship {shlex.join(args.argv)}"
+    name = os.path.basename(os.path.normpath(args.out))
+    e2e = {"n_samples": args.samples, "n_likelihood": args.n_likelihood, "seed": args.seed}
+    card = ship(args.run_dir, args.out, name=name, recipe=recipe, n=args.n, seed=args.seed, end_to_end=e2e)
+    print(f"shipped {args.run_dir} as {args.out}: {card['objective']} on {card['target']} ({card['process']}), "
+          f"mean relative score error {card['rel_score_error_mean']:.4g} over t in [0.05, 1]")
+    for key, value in card["end_to_end"].items():
+        print(f"  {key:28s} {value:.4g}")
     return 0
