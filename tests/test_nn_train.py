@@ -448,13 +448,25 @@ def test_bad_settings_raise_naming_the_argument(kwargs, error, match):
 
 
 def test_stf_reference_forms():
-    from scoremc.nn.data import reference_size, stf_reference_form
+    from scoremc.nn.data import reference_part, reference_size, stf_reference_form
 
     assert stf_reference_form("auto", smc.STFLoss(64), 32) == "algorithm1"
     assert stf_reference_form("auto", smc.STFLoss(16), 32) == "independent"
     assert stf_reference_form("auto", smc.STFLoss(1), 32) is None and stf_reference_form("auto", smc.DSM(), 8) is None
     assert reference_size(smc.STFLoss(64), 32, "algorithm1") == 32  # the minibatch fills the rest of B_L
     assert reference_size(smc.STFLoss(64), 32, "independent") == 63
+    # n_ref = batch_size: Algorithm 1's reference batch is the minibatch itself (no extra draws), also per shard
+    for shards in (1, 2):
+        r = train(make_model(**SMALL), smc.STFLoss(32), GM, VE, steps=2, batch_size=32, shards=shards,
+                  stf_reference="algorithm1", eval_times=(0.5,), eval_points=8, progress=False)
+        assert np.all(np.isfinite(r.loss))
+    # one extra point and two shards in the independent form: the second shard contributes nothing (not its x0)
+    src = ExactTarget(GM)
+    x0 = torch.ones(4, 2)
+    part = reference_part("independent", src, x0, torch.Generator().manual_seed(0), 0, torch.float32)
+    assert part.shape == (0, 2)
+    part = reference_part("algorithm1", src, x0, torch.Generator().manual_seed(0), 0, torch.float32)
+    assert torch.equal(part, x0)
     with pytest.raises(ValueError, match="n_ref >= batch_size"):
         train(make_model(**SMALL), smc.STFLoss(16), GM, VE, steps=1, batch_size=32, stf_reference="algorithm1",
               progress=False)

@@ -362,5 +362,7 @@ def reference_part(form: str | None, source: DataSource, x0: torch.Tensor, gen: 
     order (all-gathered across ranks), are the ``ref`` of ``loss``."""
     if form is None:
         return None
-    extra = source.sample(size, gen, dtype)
-    return torch.cat([x0, extra]) if form == "algorithm1" else extra
+    # a shard may have no share of the extra points (Algorithm 1 with n_ref = batch_size, or fewer extra points than
+    # shards): it draws nothing, so its generator stays where a run with other shard counts would leave it
+    extra = source.sample(size, gen, dtype) if size else x0.new_zeros((0,) + tuple(x0.shape[1:]), dtype=dtype)
+    return torch.cat([x0.to(dtype), extra]) if form == "algorithm1" else extra
