@@ -230,9 +230,11 @@ def test_validation_names_the_argument():
 def test_experiment_quick_claims(tmp_path):
     # the experiment end to end at quick size (~25 s + ~25 s of training): files written, unbiasedness and the
     # floor claims hold, the "lower everywhere" claims come out NO as EXPECTED_NO says
+    pytest.importorskip("torch")
     from scoremc.experiments import local_stf as exp
+    from scoremc.nn.experiments import local_reference
 
-    paths = exp.run(tmp_path, quick=True, progress=False)
+    paths = local_reference.run(tmp_path, quick=True, progress=False)
     assert all((tmp_path / p).exists() for p in map(str, paths.values()))
     import xarray as xr
 

@@ -9,10 +9,10 @@ under VE(0.01, 50); it adds ``V_floor``, the exact n -> inf variance of each Loc
 as computed comparisons that can come out "no"; :func:`run` writes ``local_stf.nc/.png/.md`` and
 ``local_stf_floor.png``. Torch-free; ``run`` has the signature of the ``scoremc experiments`` modules.
 
-:func:`training_comparison` (imports torch when called) trains the same seeded score network
-(``Preconditioned(ScoreMLP(16), VE(), "edm")``) with ``STFLoss(n)`` and ``LocalSTFLoss(n, k)`` (and DSM as a
-baseline) on ``clusters`` with the same budget, and records the relative score error by t over training;
-:func:`run` writes it as ``local_stf_training.nc/.png`` with its claim in ``local_stf.md``.
+:func:`scoremc.nn.experiments.local_reference.training_comparison` (the torch layer) trains the same seeded
+score network with ``STFLoss(n)`` and ``LocalSTFLoss(n, k)`` (and DSM as a baseline) on ``clusters`` with the
+same budget; :func:`run` takes its result, writes it as ``local_stf_training.nc/.png`` and adds
+:func:`training_claims` to ``local_stf.md``.
 """
 from __future__ import annotations
 
@@ -27,15 +27,13 @@ from ..builtin import digits
 from ..distributions import Empirical, GaussianMixture, sample
 from ..identities import DSI, STF
 from ..local_stf import LocalSTF
-from ..local_stf import LocalSTFLoss
 from ..noising import noised_sample, posterior
-from ..objectives import DSM, STFLoss
 from ..plotting import panels, plot_variance, save_figure, summary_markdown
 from ..processes import VE
 from ..variance import save_dataset, variance
 from .claims import K_SE, ROUND_OFF, Claim
 
-__all__ = ["experiment", "claims", "training_comparison", "training_claims", "run", "clusters", "SETTINGS", "TRAINING",
+__all__ = ["experiment", "claims", "training_claims", "run", "clusters", "SETTINGS",
            "N_REFS", "K_NEIGHBORS", "MIXES", "EXPECTED_NO"]
 
 #: (n_times, n_outer, n_inner) per mode
@@ -137,41 +135,6 @@ def claims(ds) -> list[Claim]:
 
 
 #: training budget per mode: steps, batch size, EMA decay, evaluation every, x_t per evaluation time, n_ref
-TRAINING = {"quick": dict(steps=200, batch_size=128, ema=0.98, eval_every=100, eval_points=512, n_ref=64),
-            "report": dict(steps=1500, batch_size=256, ema=0.995, eval_every=250, eval_points=2048, n_ref=64)}
-
-
-def training_comparison(*, mode: str = "report", seed: int = 0, progress=None) -> xr.Dataset:
-    """Relative score error (objective, step, t) of the same seeded network trained with DSM, STFLoss(n) and
-    LocalSTFLoss(n, K_NEIGHBORS) on ``clusters`` under VE (same steps, batches, times and initial weights); the
-    times are those of :func:`experiment`. Imports torch."""
-    import torch
-
-    from ..nn.models import Preconditioned, ScoreMLP
-    from ..nn.train import train
-
-    size = dict(TRAINING[mode])
-    n = size.pop("n_ref")
-    dist, proc = clusters(), VE()
-    ts = tuple(float(t) for t in np.linspace(0.3, 0.9, SETTINGS[mode][0]))
-    objectives = {"dsm": DSM(), "stf": STFLoss(n), "local_stf": LocalSTFLoss(n, K_NEIGHBORS)}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny MLP: threads cost more than they gain on shared cores
-    try:
-        evals = []
-        for name, objective in objectives.items():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)  # the same initial weights for every objective
-                model = Preconditioned(ScoreMLP(16), proc, "edm", sigma_data=dist.sigma_data)
-            result = train(model, objective, dist, proc, seed=seed, eval_times=ts, progress=progress, **size)
-            evals.append(result.eval.expand_dims(objective=[name]))
-    finally:
-        torch.set_num_threads(threads)
-    ds = xr.concat(evals, dim="objective")
-    ds.attrs.update({f"setting_{k}": v for k, v in TRAINING[mode].items()} | {"setting_k_neighbors": K_NEIGHBORS})
-    return ds
-
-
 def training_claims(ds) -> list[Claim]:
     """LocalSTFLoss against STFLoss at the end of training: time-averaged relative error, K_SE s.e. apart."""
     last = ds.isel(step=-1)
@@ -213,10 +176,13 @@ def _plot_floor(ds, path):
     return save_figure(fig, path)
 
 
-def run(out_dir, *, quick: bool = False, seed: int = 0, progress=None, training: bool = True) -> dict:
-    """Run :func:`experiment` ("quick" or "report" mode) and, with ``training``, :func:`training_comparison`;
-    write ``local_stf.nc``, ``local_stf.png`` (V by t), ``local_stf_floor.png``, ``local_stf_training.nc/.png``
-    and ``local_stf.md`` (claims computed from the numbers) into ``out_dir``."""
+def run(out_dir, *, quick: bool = False, seed: int = 0, progress=None, training=None) -> dict:
+    """Run :func:`experiment` ("quick" or "report" mode); write ``local_stf.nc``, ``local_stf.png`` (V by t),
+    ``local_stf_floor.png`` and ``local_stf.md`` (claims computed from the numbers) into ``out_dir``. ``training``:
+    the training comparison (:func:`scoremc.nn.experiments.local_reference.training_comparison`, which the torch
+    layer computes; this module imports no torch), whose claims join the table and which is written as
+    ``local_stf_training.nc/.png``. ``scoremc experiments local-ref`` runs both
+    (:mod:`scoremc.nn.experiments.local_reference`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mode = "quick" if quick else "report"
@@ -224,8 +190,8 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, progress=None, training:
     title = "A local reference batch for STF (STF §8), VE(0.01, 50)"
     found = claims(ds)
     paths = {}
-    if training:
-        tr = training_comparison(mode=mode, seed=seed, progress=progress)
+    if training is not None:
+        tr = training
         found += training_claims(tr)
         paths |= {"netcdf_training": save_dataset(tr, out / "local_stf_training.nc"),
                   "png_training": _plot_training(tr, out / "local_stf_training.png")}

@@ -9,8 +9,8 @@ names, for each experiment, the module that runs it:
 * ``tsm-fig5``  TSM Fig. 5: regression loss by t of DSM, TSM, kappa and kappa-bar models on a 2-D mixture;
 * ``fp-curl``   FP-Diffusion §6.2: curl and score-FPE residual of DSM vs FP-regularised models;
 * ``stf-nref``  STF Fig. 5 direction: target variance and early convergence against n_ref;
-* ``local-ref`` STF §8 (beyond the papers): a local reference batch, the hook for
-  :mod:`scoremc.experiments.local_stf` (another engineer's; unavailable until that module exists).
+* ``local-ref`` STF §8 (beyond the papers): a local reference batch against plain STF, by the variance
+  engine (:mod:`scoremc.experiments.local_stf`) and in training (:mod:`scoremc.nn.experiments.local_reference`).
 
 This module does not import torch (the command imports it when it runs); ``scoremc experiments
 all`` runs every available experiment.
@@ -47,7 +47,8 @@ EXPERIMENTS = {
                           "FP-Diffusion §6.2: curl and score-FPE residual, DSM vs FP-regularised"),
     "stf-nref": Experiment("scoremc.nn.experiments.stf_training",
                            "STF Fig. 5 direction: target variance and convergence by n_ref"),
-    "local-ref": Experiment("scoremc.experiments.local_stf", "STF §8: a local reference batch, against plain STF"),
+    "local-ref": Experiment("scoremc.nn.experiments.local_reference",
+                            "STF §8: a local reference batch, against plain STF"),
 }
 
 

@@ -3,7 +3,8 @@ are torch-free, in :mod:`scoremc.experiments.training` and :mod:`scoremc.experim
 
 * :mod:`.tsm_training` — TSM Fig. 5 (De Bortoli et al. 2024): DSM, TSM, kappa and kappa-bar models;
 * :mod:`.fp_training`  — FP-Diffusion §6.2 (Lai et al. 2023): curl and score-FPE residual;
-* :mod:`.stf_training` — STF Fig. 5 direction (Xu et al. 2023): n_ref against variance and early error.
+* :mod:`.stf_training` — STF Fig. 5 direction (Xu et al. 2023): n_ref against variance and early error;
+* :mod:`.local_reference` — a local reference batch for STF (beyond the papers, STF §8), in training.
 
 Each module has ``run(out_dir, *, quick=False, seed=0, progress=None) -> dict`` (the written paths) and
 ``experiment(*, quick, seed, progress) -> xarray.Dataset`` (the numbers, nothing written).
