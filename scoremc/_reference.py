@@ -180,12 +180,12 @@ def grad_divergence(P, x, alpha=1.0, sigma=0.0):
     return map_rows(_grad_divergence, P, x, alpha, sigma)
 
 
-def _dt_score(P, x, a, s, da, ds):
+def _dt_score(P, x, a, s, da, dv):
     xp = namespace(x)
     T = terms(P, x, a, s)
-    a3, s3, da3, ds3 = (_c3(c, xp) for c in (a, s, da, ds))
+    a3, da3, dv3 = (_c3(c, xp) for c in (a, da, dv))
     mr = P.rotate(da3 * P.means)  # d(alpha mu_k)/dt in the component basis, (K, d) or (n, K, d)
-    var_dot = 2.0 * a3 * da3 * P.var + 2.0 * s3 * ds3  # dc_k/dt, (n|1, K, 1|d)
+    var_dot = 2.0 * a3 * da3 * P.var + dv3  # dc_k/dt, (n|1, K, 1|d)
     dl = (-0.5 * P.sum_dims(var_dot * T.prec) - xp.sum(T.w * mr, axis=-1)
           + 0.5 * xp.sum(var_dot * T.w * T.w, axis=-1))
     dw = var_dot * T.prec * T.prec * T.z + T.prec * mr
@@ -193,15 +193,16 @@ def _dt_score(P, x, a, s, da, ds):
     return xp.sum(T.r[..., None] * (P.unrotate(dw) + dl_centred[..., None] * T.u), axis=1)
 
 
-def dt_score(P, x, alpha, sigma, dalpha, dsigma):
+def dt_score(P, x, alpha, sigma, dalpha, dvar):
     """d/dt of the score at fixed x, shape (n, d), for the law of alpha(t) X + sigma(t) eps.
 
     With l_k = log pi_k + log N(x; m_k, C_k), m_k = alpha mu_k, C_k = Q diag(c_k) Q^T:
     dl_k/dt = -1/2 tr(P dC) - u.dm + 1/2 u^T dC u (since grad_m l_k = -u_k), and in the component
     basis dw/dt = dc z / c^2 + (Q^T dm) / c, so ds/dt = sum_k r_k [Q dw_k + (dl_k - sum_j r_j dl_j) u_k],
-    dm = alpha' mu_k, dc = 2 alpha alpha' lam_k + 2 sigma sigma'.
+    dm = alpha' mu_k, dc = 2 alpha alpha' lam_k + dvar, with ``dvar`` = d(sigma^2)/dt (finite where
+    sigma = 0 although sigma' may be infinite there, e.g. VP at t = 0: 2 sigma sigma' -> beta_min).
     """
-    return map_rows(_dt_score, P, x, alpha, sigma, dalpha, dsigma)
+    return map_rows(_dt_score, P, x, alpha, sigma, dalpha, dvar)
 
 
 def _component_means(P, T, a, xp):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._array import default_float, device_of, is_numpy, namespace
 
-__all__ = ["as_float_array", "as_array", "as_points", "as_count", "check_finite", "as_generator", "check_process",
+__all__ = ["as_float_array", "as_array", "as_points", "as_count", "as_real", "check_finite", "as_generator", "check_process",
            "scalar_time", "call_score", "check_callable", "as_coefficient"]
 
 
@@ -24,8 +24,9 @@ def _numeric_numpy(value, name: str) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # pragma: no cover - numpy raises many types here
         raise TypeError(f"{name} must be array-like of real numbers, got {type(value).__name__}") from exc
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-                                   or arr.dtype == bool):
+    if arr.dtype == bool:  # True/False are not numbers here: a mask passed by mistake, never 1.0/0.0
+        raise TypeError(f"{name} must hold real numbers, got booleans (dtype bool)")
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     return arr
 
@@ -65,7 +66,7 @@ def as_array(value, name: str, xp=None, *, like=None, ndim: int | None = None, m
     if is_numpy(xp):  # ``like`` plays no part: the reference precision is float64
         return as_float_array(value, name, ndim=ndim, min_ndim=min_ndim)
     native = namespace(value) is xp
-    if native and xp.isdtype(value.dtype, "complex floating"):
+    if native and (xp.isdtype(value.dtype, "complex floating") or xp.isdtype(value.dtype, "bool")):
         raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if native and xp.isdtype(value.dtype, "real floating") and like is None:
         arr = value
@@ -100,6 +101,18 @@ def as_coefficient(value, name: str, like, xp=None):
                          f"row by row against shape {tuple(like.shape)}, got {tuple(arr.shape)} "
                          "(per-row coefficients are (N, 1))")
     return arr
+
+
+def as_real(value, name: str) -> float:
+    """A real scalar parameter (a process constant, a tolerance) as a finite Python float; refuses
+    booleans, strings, arrays and NaN/inf with a message naming ``name``."""
+    zero_d = isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)) and not zero_d:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
 
 
 def as_count(n, name: str, *, minimum: int = 1) -> int:

@@ -45,15 +45,44 @@ def _check_weights(weights, k: int) -> np.ndarray:
         raise ValueError(f"weights must have one entry per component (K={k}), got shape {w.shape}")
     if (w < 0).any():
         raise ValueError(f"weights must be non-negative, got {w[w < 0][0]}")
-    eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else np.finfo(np.float64).eps
+    # Round-off tolerance at the precision the weights were made in. Weights often pass through
+    # float32 (a data file, a network) before reaching float64, so float64 input is held to float32
+    # precision too: K float32-rounded probabilities sum to 1 within K eps32 (the same verdict for a
+    # float32 array and its float64 upcast). float16 is coarser; 1e-3 bounds the tolerance so that
+    # no sum visibly off one (1.05, 0.99) is ever renormalised.
+    low = np.issubdtype(raw.dtype, np.floating) and np.finfo(raw.dtype).eps > np.finfo(np.float32).eps
+    eps = float(np.finfo(raw.dtype if low else np.float32).eps)
     total = w.sum()
-    if abs(total - 1.0) > 1e3 * eps * max(k, 1):
-        raise ValueError(f"weights must sum to one, got sum {total}")
+    tol = min(max(k, 1) * eps, 1e-3)
+    if abs(total - 1.0) > tol:
+        raise ValueError(f"weights must sum to one (within {tol:.3g}, round-off of K={k} weights at "
+                         f"{'float16' if low else 'float32'} precision), got sum {total!r}")
     return w / total  # removes only round-off, bounded above
 
 
-def _covariance_parts(covs: np.ndarray, k: int, d: int):
-    """Return (var, basis, kind) of the normal form, validating shape and definiteness."""
+def _covariance_parts(covs: np.ndarray, k: int, d: int, kind: str | None = None):
+    """Return (var, basis, kind) of the normal form, validating shape and definiteness.
+
+    Variances below float64's smallest normal number (~2.2e-308) are refused: their precision
+    1/var overflows to inf and every density, score and posterior would be NaN. With K == d >= 2 a
+    2-D ``covs`` that is a symmetric positive-definite matrix is ambiguous (K diagonals, or one shared
+    (d, d) matrix) and raises unless ``kind`` says which.
+    """
+    tiny = np.finfo(np.float64).tiny
+    if kind is not None:
+        if kind not in _COV_NDIM:
+            raise ValueError(f"cov_kind must be one of {tuple(_COV_NDIM)} or None, got {kind!r}")
+        if covs.ndim != _COV_NDIM[kind]:
+            raise ValueError(f"covs must have {_COV_NDIM[kind]} dimension(s) for cov_kind={kind!r}, got shape "
+                             f"{covs.shape}")
+    elif covs.ndim == 2 and k == d >= 2 and _is_covariance_matrix(covs):
+        raise ValueError(f"covs of shape {covs.shape} is ambiguous with K == d == {d}: K diagonal covariances or "
+                         "one shared (d, d) matrix? Pass cov_kind='diag' for diagonals, or a shared matrix C as "
+                         "np.broadcast_to(C, (K, d, d))")
+    if covs.ndim <= 2 and covs.size and ((covs > 0) & (covs < tiny)).any():
+        idx = tuple(int(i) for i in np.argwhere((covs > 0) & (covs < tiny))[0])
+        raise ValueError(f"covs{list(idx)} = {float(covs[idx])!r} is below the smallest normal float64 ({tiny:.3g}): its "
+                         "precision 1/var overflows")
     if covs.shape == (k,):
         if (covs <= 0).any():
             i = int(np.argmax(covs <= 0))
@@ -72,13 +101,27 @@ def _covariance_parts(covs: np.ndarray, k: int, d: int):
             raise ValueError(f"covs[{i}] must be symmetric (max |C - C^T| = {asym[i]:.3g})")
         lam, Q = np.linalg.eigh(0.5 * (covs + covs.transpose(0, 2, 1)))
         # below d * eps * lambda_max an eigenvalue is indistinguishable from zero
-        bad = lam[:, 0] <= d * np.finfo(np.float64).eps * lam[:, -1].clip(min=0)
+        bad = (lam[:, 0] <= d * np.finfo(np.float64).eps * lam[:, -1].clip(min=0)) | (lam[:, 0] < tiny)
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"covs[{i}] must be positive definite (smallest eigenvalue {lam[i, 0]:.3g})")
         return lam, Q, "full"
     raise ValueError(f"covs must have shape (K,)={(k,)}, (K, d)={(k, d)} or (K, d, d)={(k, d, d)}, "
                      f"got {covs.shape}")
+
+
+_COV_NDIM = {"iso": 1, "diag": 2, "full": 3}
+
+
+def _is_covariance_matrix(a: np.ndarray) -> bool:
+    """Whether a square array could be one shared covariance: symmetric and positive definite."""
+    if not np.array_equal(a, a.T):
+        return False
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 class _Target:
@@ -107,15 +150,19 @@ class _Target:
 class GaussianMixture(_Target):
     """sum_k weights[k] N(means[k], C_k), C_k from ``covs`` (K,) | (K, d) | (K, d, d).
 
-    All arrays are validated (finite, matching K and d, weights a probability vector, covariances
-    positive definite) and stored read-only in float64.
+    All arrays are validated (finite, matching K and d, weights a probability vector summing to one
+    within float32 round-off, covariances positive definite with variances >= float64's smallest
+    normal number) and stored read-only in float64. ``cov_kind`` ("iso", "diag", "full") is read
+    from the shape of ``covs``; with K == d >= 2 a 2-D ``covs`` that is itself a symmetric positive
+    definite matrix is ambiguous (K diagonals, or one shared covariance?) and raises unless
+    ``cov_kind="diag"`` is passed (a shared (d, d) matrix C is ``np.broadcast_to(C, (K, d, d))``).
     """
 
     weights: np.ndarray
     means: np.ndarray
     covs: np.ndarray
     _parts: Gaussians = field(init=False, repr=False, compare=False)
-    cov_kind: str = field(init=False, compare=False)
+    cov_kind: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
         means = as_float_array(self.means, "means", ndim=2)
@@ -124,7 +171,7 @@ class GaussianMixture(_Target):
             raise ValueError(f"means must have K >= 1 components of dimension d >= 1, got shape {means.shape}")
         weights = _check_weights(self.weights, k)
         covs = as_float_array(self.covs, "covs")
-        var, basis, kind = _covariance_parts(covs, k, d)
+        var, basis, kind = _covariance_parts(covs, k, d, self.cov_kind)
         self._set(weights, means, covs, Gaussians(_log(weights), means, var, basis), kind)
 
     def _set(self, weights, means, covs, parts, kind):

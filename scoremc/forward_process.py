@@ -182,7 +182,7 @@ class Process(abc.ABC):
 class Coefficients:
     """The coefficients of ``process`` at validated times ``t``, each an array shaped like ``t``
     (per-row (N, 1) in training formulas), computed on first use: ``alpha``, ``sigma``, ``g2``,
-    ``f`` (drift coefficient), ``dalpha``, ``dsigma``. Namespace, dtype and device are those of ``t``."""
+    ``f`` (drift coefficient), ``dalpha``, ``dsigma``, ``dvar`` = d(sigma^2)/dt. Namespace, dtype and device are those of ``t``."""
 
     process: Process
     t: object
@@ -215,3 +215,11 @@ class Coefficients:
     def dsigma(self):
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.process._dsigma(self.t, self.xp)
+
+    @cached_property
+    def dvar(self):
+        """d(sigma^2)/dt: 2 sigma sigma' where sigma > 0, else its limit g^2 + 2 f sigma^2 (finite at t = 0
+        where sigma' is not, e.g. VP: beta_min)."""
+        xp = self.xp
+        with np.errstate(invalid="ignore", over="ignore"):
+            return xp.where(self.sigma > 0, 2.0 * self.sigma * self.dsigma, self.g2 + 2.0 * self.f * self.sigma ** 2)

@@ -49,6 +49,9 @@ class Identity(abc.ABC):
 
     name: ClassVar[str]
     n_ref: ClassVar[int] = 0
+    #: whether the integrand divides by sigma(t) (every identity with a DSI part): then t with
+    #: sigma(t) = 0 (VP/EDM at t = 0) raises ValueError naming t, as a point-mass kernel has no DSI
+    needs_noise: ClassVar[bool] = True
 
     @abc.abstractmethod
     def draws(self, post: Posterior, n: int, rng) -> np.ndarray:
@@ -127,6 +130,7 @@ class TSI(PointwiseIdentity):
     ``Empirical``)."""
 
     name: ClassVar[str] = "tsi"
+    needs_noise: ClassVar[bool] = False  # grad log p0(x0) / alpha: finite at sigma = 0 (the posterior is x_t)
 
     def integrand(self, dist, coef, x0, xt=None, rng=None):
         return score(dist, x0) / coef.alpha
@@ -176,6 +180,11 @@ class KappaBar(WeightRule):
 @dataclass(frozen=True)
 class Mix(PointwiseIdentity):
     """w DSI + (1 - w) TSI; ``w`` is the weight on DSI (TSM §4.1, Eq. 19).
+
+    Any finite real ``w`` is valid, inside [0, 1] or not: both integrands have the score as posterior
+    mean, so w is a control-variate coefficient and the combination is unbiased for every w (the
+    pointwise variance-optimal weight can lie outside [0, 1]). NaN/inf raise ValueError, booleans
+    and other types TypeError.
 
     ``w``: a number, a callable ``w(t)`` of the per-row times, or a :class:`WeightRule`
     (``Kappa()``, ``KappaBar()``). The pointwise variance-optimal weight is :class:`OptimalMix`.
@@ -341,6 +350,7 @@ def _blockwise(identity, dist, proc, t, xt, n, rng, budget, reduce):
     identity = _check_identity(identity)
     proc = check_process(proc)
     t = scalar_time(proc, t)
+    require_noise(identity, proc, t, "t")
     n = as_count(n, "n")
     rng = as_generator(rng)
     d = normal_form(dist).dim
@@ -352,6 +362,15 @@ def _blockwise(identity, dist, proc, t, xt, n, rng, budget, reduce):
 
     parts = map_blocks(block, len(xt), n * d, budget)
     return np.concatenate(parts, axis=-2) if parts else reduce(np.empty((n, 0, d)))
+
+
+def require_noise(identity, proc, t, name: str = "t"):
+    """ValueError naming ``name`` where the identity divides by sigma(t) and sigma(t) = 0 (t = 0 of VP,
+    sub-VP, Cosine and EDM): the DSI integrand (alpha x0 - x_t) / sigma^2 is 0/0 there, so no estimate,
+    loss or variance exists; TSI has none of this."""
+    if identity.needs_noise and float(proc.sigma(t)) == 0.0:
+        raise ValueError(f"{name}={t!r} has sigma(t) = 0 under {proc!r}: the {identity.name} integrand divides by "
+                         "sigma(t)^2 there; use t > 0")
 
 
 def integrand_samples(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Generator, budget=None):

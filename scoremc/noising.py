@@ -199,6 +199,21 @@ def posterior(dist, proc: Process, t, xt, *, method: str = "fast") -> Posterior:
     return post
 
 
+def _check_result(out, x, t):
+    """No silent NaN: finite x and t whose result overflows float64 (|x|^2 or sigma(t)^2 beyond ~1e308,
+    e.g. x = 1e160 or EDM at t = 1e155) raise ``ValueError`` naming x and t; nothing is clipped."""
+    parts = out if isinstance(out, tuple) else (out,)
+    xp = namespace(x)
+    for p in parts:
+        bad = ~xp.isfinite(p)
+        if bool(xp.any(bad)):
+            rows = xp.reshape(xp.any(xp.reshape(bad, (p.shape[0], -1)), axis=1), (-1,))
+            i = int(xp.nonzero(rows)[0][0])
+            raise ValueError(f"x and t too large for float{xp.finfo(x.dtype).bits}: the result at row {i} "
+                             f"(max |x| = {float(xp.max(xp.abs(x[i])))}, t = {float(t[i])}) overflows; rescale x "
+                             "or pick a smaller t")
+
+
 @dataclass(frozen=True, eq=False)
 class ExactScore(AnalyticScore):
     """The exact score s(x, t) = grad_x log p_t(x) of ``dist`` noised by ``proc``, as a callable.
@@ -240,15 +255,19 @@ class ExactScore(AnalyticScore):
             # one shared time: scalar coefficients, and the fast path where it exists
             t0 = float(flat_t[0])
             if fast and self.method == "fast":
-                out = getattr(_fast, what)(noised_parts(self.dist, self.proc, t0), np.ascontiguousarray(flat_x))
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    out = getattr(_fast, what)(noised_parts(self.dist, self.proc, t0), np.ascontiguousarray(flat_x))
+                _check_result(out, flat_x, flat_t)
                 return out.reshape(lead + out.shape[1:])
             c = self.proc.at(np.float64(t0))
-            coefs = tuple(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dsigma))
+            coefs = tuple(float(v) for v in (c.alpha, c.sigma, c.dalpha, c.dvar))
         else:
             c = self.proc.at(flat_t[:, None])
-            coefs = (c.alpha, c.sigma, c.dalpha, c.dsigma)
+            coefs = (c.alpha, c.sigma, c.dalpha, c.dvar)
         args = coefs if what == "dt_score" else coefs[:2]
-        out = getattr(_reference, what)(normal_form(self.dist).to(xp, like=flat_x), flat_x, *args)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            out = getattr(_reference, what)(normal_form(self.dist).to(xp, like=flat_x), flat_x, *args)
+        _check_result(out, flat_x, flat_t)
         if isinstance(out, tuple):
             return tuple(xp.reshape(p, lead + tuple(p.shape[1:])) for p in out)
         return xp.reshape(out, lead + tuple(out.shape[1:]))

@@ -235,6 +235,10 @@ def loss(objective: Objective, score_fn, dist, proc, t, x0, eps, *, rng=None, we
         raise ValueError(f"t must be a scalar or have shape (N,)={(x0.shape[0],)}, got {tuple(t.shape)}")
     t = xp.broadcast_to(t, (x0.shape[0],))
     coef = Coefficients(proc, t[:, None])
+    if isinstance(objective, Regression) and objective.identity.needs_noise and bool(xp.any(coef.sigma == 0)):
+        bad = float(xp.reshape(t[xp.reshape(coef.sigma == 0, (-1,))], (-1,))[0])
+        raise ValueError(f"t={bad!r} has sigma(t) = 0 under {proc!r}: the {objective.name} target divides by "
+                         "sigma(t)^2 there; use t > 0")
     xt = coef.alpha * x0 + coef.sigma * eps
     if weighting is not None and not isinstance(weighting, Weighting):
         raise TypeError(f"weighting must be a scoremc Weighting or None, got {type(weighting).__name__}")

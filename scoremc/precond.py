@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._array import namespace
 from ._validation import as_array, as_coefficient
 
@@ -75,7 +77,15 @@ def _inputs(sigma, alpha, sigma_data):
     xp = namespace(sigma, alpha)
     sigma = _positive(sigma, "sigma", xp)
     alpha = _positive(alpha, "alpha", xp, like=sigma)
-    sd = float(_positive(sigma_data, "sigma_data", namespace(sigma_data)))
+    try:
+        np.broadcast_shapes(tuple(sigma.shape), tuple(alpha.shape))
+    except ValueError:
+        raise ValueError(f"sigma of shape {tuple(sigma.shape)} and alpha of shape {tuple(alpha.shape)} do not "
+                         "broadcast") from None
+    sd = _positive(sigma_data, "sigma_data", namespace(sigma_data))
+    if sd.ndim:
+        raise ValueError(f"sigma_data must be a scalar (one data scale), got shape {tuple(sd.shape)}")
+    sd = float(sd)
     S = sigma * sigma + alpha * alpha * sd * sd
     return xp, sigma, alpha, sd, S
 
@@ -117,7 +127,13 @@ def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
 
 
 def _coef(value, name, like):
-    return as_coefficient(value, name, like)
+    """A per-row coefficient; alpha and sigma divide somewhere in these conversions, so they must be
+    positive (sigma = 0 is a point mass: the score does not exist there)."""
+    arr = as_coefficient(value, name, like)
+    xp = namespace(arr)
+    if bool(xp.any(arr <= 0)):
+        raise ValueError(f"{name} must be positive, got {float(xp.reshape(arr[arr <= 0], (-1,))[0])}")
+    return arr
 
 
 def denoiser_from_score(s, x, alpha, sigma):

@@ -26,11 +26,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._array import namespace
-from ._validation import as_array
+from ._validation import as_array, as_real
 from .forward_process import Coefficients, Process
 from .forward_process import out as _out
 
 __all__ = ["Process", "Coefficients", "VE", "VP", "SubVP", "Cosine", "EDM", "PROCESSES"]
+
+
+def _real_fields(proc, *names):
+    """Each named constant of a process as a finite float (TypeError for strings and booleans,
+    ValueError for NaN/inf, naming the field), stored back on the frozen instance."""
+    for name in names:
+        object.__setattr__(proc, name, as_real(getattr(proc, name), f"{type(proc).__name__}.{name}"))
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class VE(Process):
     sigma_max: float = 50.0
 
     def __post_init__(self):
+        _real_fields(self, "sigma_min", "sigma_max")
         if not (0 < self.sigma_min < self.sigma_max < math.inf):
             raise ValueError(f"VE needs 0 < sigma_min < sigma_max < inf, got {self.sigma_min}, {self.sigma_max}")
 
@@ -92,6 +100,7 @@ class _LinearBeta(Process):
     beta_max: float
 
     def __post_init__(self):
+        _real_fields(self, "beta_min", "beta_max")
         if not (0 < self.beta_min <= self.beta_max < math.inf):
             raise ValueError(f"{type(self).__name__} needs 0 < beta_min <= beta_max < inf, "
                              f"got {self.beta_min}, {self.beta_max}")
@@ -214,6 +223,7 @@ class EDM(Process):
     rho: float = 7.0
 
     def __post_init__(self):
+        _real_fields(self, "sigma_min", "sigma_max", "rho")
         if not (0 < self.sigma_min < self.sigma_max < math.inf) or not self.rho > 0:
             raise ValueError(f"EDM needs 0 < sigma_min < sigma_max < inf and rho > 0; got {self!r}")
 

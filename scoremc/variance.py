@@ -141,6 +141,11 @@ def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 10
     proc = check_process(proc)
     ts = as_float_array(ts, "ts", ndim=1)
     proc.check_t(ts, "ts")
+    if len(ts) == 0:
+        raise ValueError("ts must hold at least one time, got an empty array")
+    if (proc.sigma(ts) == 0).any():
+        raise ValueError(f"ts={float(ts[proc.sigma(ts) == 0][0])!r} has sigma(t) = 0 under {proc!r}: the exact "
+                         "variance curves divide by sigma(t) (the posterior is a point mass there); use t > 0")
     kwargs = dict(n_outer=as_count(n_outer, "n_outer", minimum=2), n_inner=as_count(n_inner, "n_inner", minimum=2),
                   seed=as_count(seed, "seed", minimum=0), exact=bool(exact), f_divergence=bool(f_divergence),
                   budget=None if budget is None else as_count(budget, "budget"))

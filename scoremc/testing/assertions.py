@@ -5,6 +5,11 @@ is called with tensors of its parameters' dtype and device; a plain torch functi
 wrapped with :func:`torch_score`), draws points x_t ~ p_t of a target with exact laws at
 several times, and fails with a table by noise level (t, sigma, the measured quantity, the
 tolerance) instead of a bare boolean.
+
+Arguments are validated before anything runs, so that no check passes without checking: ``ts``
+must be non-empty and in the process's domain, ``rtol`` finite and > 0, ``level`` in (0, 1) (a
+rate of 0 would pass any estimator), ``n``/``n_points`` positive integers; else ValueError/TypeError
+naming the argument.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .._validation import call_score
+from .._validation import as_count, as_float_array, as_real, call_score, check_process
 from ..identities import Identity, integrand_samples
 from ..noising import exact_score, noised_sample
 from ..processes import EDM, Process
@@ -97,6 +102,30 @@ class CheckReport:
         return self
 
 
+def _times(proc, ts) -> np.ndarray:
+    """The checked times: ``default_times(proc)``, or ``ts`` validated (1-D, non-empty, in the domain).
+    An empty ``ts`` raises: a check over no times would pass without checking anything."""
+    if ts is None:
+        return default_times(proc)
+    ts = as_float_array(ts, "ts")
+    if ts.ndim > 1:
+        raise ValueError(f"ts must be a scalar or 1-D, got shape {ts.shape}")
+    ts = np.atleast_1d(ts)
+    if ts.size == 0:
+        raise ValueError("ts must hold at least one time; an empty ts would check nothing")
+    proc.check_t(ts, "ts")
+    return ts
+
+
+def _tolerance(value, name: str, *, upper: float = np.inf) -> float:
+    """A tolerance or false-alarm rate: a finite real number in (0, upper); 0 or a negative value would
+    fail (or, for a rate, pass) every check whatever the model does."""
+    value = as_real(value, name)
+    if not 0.0 < value < upper:
+        raise ValueError(f"{name} must lie in (0, {upper:g}), got {value!r}")
+    return value
+
+
 def _noised_points(dist, proc, t, n, rng):
     return noised_sample(dist, proc, float(t), n, rng)[1]
 
@@ -109,10 +138,15 @@ def assert_score_close(model, dist, proc: Process, *, rtol: float = 0.05, ts=Non
                        seed: int = 0) -> CheckReport:
     """The model's score is within ``rtol`` of the exact score at every t, in relative RMS over
     x_t ~ p_t: sqrt(E|model - s|^2) / sqrt(E|s|^2) <= rtol."""
+    proc = check_process(proc)
+    times = _times(proc, ts)
+    rtol = _tolerance(rtol, "rtol")
+    n = as_count(n, "n")
+    seed = as_count(seed, "seed", minimum=0)
     rng = np.random.default_rng(seed)
     truth = exact_score(dist, proc)
     rows = []
-    for t in default_times(proc) if ts is None else ts:
+    for t in times:
         x = _noised_points(dist, proc, t, n, rng)
         err = _rel_rms(call_model(model, x, t) - truth(x, t), truth(x, t))
         rows.append((float(t), float(proc.sigma(t)), err, rtol, err <= rtol))
@@ -123,9 +157,14 @@ def assert_tweedie(denoiser, score, proc: Process, dist, *, rtol: float = 0.05, 
                    seed: int = 0) -> CheckReport:
     """Tweedie's identity alpha D(x, t) = x + sigma^2 s(x, t) between a denoiser (x0-prediction)
     and a score model, on x_t ~ p_t of ``dist``: relative RMS gap, normalised by |sigma^2 s|."""
+    proc = check_process(proc)
+    times = _times(proc, ts)
+    rtol = _tolerance(rtol, "rtol")
+    n = as_count(n, "n")
+    seed = as_count(seed, "seed", minimum=0)
     rng = np.random.default_rng(seed)
     rows = []
-    for t in default_times(proc) if ts is None else ts:
+    for t in times:
         a, s2 = float(proc.alpha(t)), float(proc.sigma(t)) ** 2
         x = _noised_points(dist, proc, t, n, rng)
         s_term = s2 * call_model(score, x, t)
@@ -146,8 +185,13 @@ def assert_estimator_unbiased(identity: Identity, dist, proc: Process, *, level:
     ``OptimalMix``'s share one pilot weight, so test its estimates' spread instead. The table shows the smallest p-value
     per t against its per-test threshold.
     """
+    proc = check_process(proc)
+    times = _times(proc, ts)
+    level = _tolerance(level, "level", upper=1.0)
+    n_points = as_count(n_points, "n_points")
+    n = as_count(n, "n", minimum=2)
+    seed = as_count(seed, "seed", minimum=0)
     rng = np.random.default_rng(seed)
-    times = default_times(proc) if ts is None else np.asarray(ts)
     per_test = level / (len(times) * n_points)
     truth = exact_score(dist, proc)
     rows = []
@@ -181,9 +225,14 @@ def assert_fpe_consistent(model, proc: Process, dist, *, rtol: float = 0.05, ts=
     from ..fpe import fpe_residual, time_derivative
 
     fn = numpy_score(model)
+    proc = check_process(proc)
+    times = _times(proc, ts)
+    rtol = _tolerance(rtol, "rtol")
+    n = as_count(n, "n")
+    seed = as_count(seed, "seed", minimum=0)
     rng = np.random.default_rng(seed)
     rows = []
-    for t in default_times(proc) if ts is None else ts:
+    for t in times:
         x = _noised_points(dist, proc, t, n, rng)
         res = fpe_residual(fn, proc, x, t, derivatives=derivatives, rng=rng)
         dt = time_derivative(fn, proc, x, t)
@@ -200,9 +249,14 @@ def assert_conservative(model, proc: Process, dist, *, rtol: float = 1e-3, ts=No
     from ..conservativity import jacobian
 
     fn = numpy_score(model)
+    proc = check_process(proc)
+    times = _times(proc, ts)
+    rtol = _tolerance(rtol, "rtol")
+    n = as_count(n, "n")
+    seed = as_count(seed, "seed", minimum=0)
     rng = np.random.default_rng(seed)
     rows = []
-    for t in default_times(proc) if ts is None else ts:
+    for t in times:
         x = _noised_points(dist, proc, t, n, rng)
         J = jacobian(fn, x, t, proc=proc, derivatives=derivatives)
         anti = 0.5 * (J - np.swapaxes(J, -1, -2))

@@ -45,7 +45,7 @@ def gaussian_mixtures(draw, d=st.integers(1, 4), k=st.integers(1, 4), cov=st.sam
         covs = A @ A.transpose(0, 2, 1) / d + 0.05 * np.eye(d)
     else:
         raise ValueError(f"cov must be 'iso', 'diag' or 'full', got {cov!r}")
-    return GaussianMixture(weights, means, covs)
+    return GaussianMixture(weights, means, covs, cov_kind=cov)
 
 
 @st.composite
