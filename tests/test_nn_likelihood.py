@@ -113,27 +113,30 @@ def test_default_prior_and_network_float32():
 
 @pytest.mark.parametrize("law", ["rademacher", "gaussian"])
 def test_hutchinson_is_unbiased(law):
-    """R independent probe draws per point (one solve over N R rows): the mean differs from the exact value by
-    a t-statistic within the Bonferroni bound at family-wise level 1%; the solver error (<~1e-4) is far below
-    the standard error."""
+    """R independent draws of the estimate per point (one solve over N R rows, m = 8 probes each): the mean
+    differs from the exact value by a t-statistic within the Bonferroni bound at family-wise level 1%. m = 8
+    because a single Gaussian probe gives a chi^2-like skewed estimate (v^T M v) for which this t-test's false
+    alarms rise to ~8% (simulated); at m = 8 they are ~1.5%. At tolerances 1e-7 the solver error (<~1e-6) is far
+    below the standard error. Then the variance law: 4 times fewer probes (m = 2), twice the standard deviation."""
     proc = smc.VP()
     lo, hi = default_t_range(proc)
     n, reps = 6, 48
-    x = _points(MIX, n, 5)
-    exact = _exact(MIX, proc, lo, x)
+    x = _points(MIX, n, 5).repeat(reps, 1)
+    exact = _exact(MIX, proc, lo, x[:n])
     gen = torch.Generator().manual_seed(SEED)
-    ll = log_likelihood(smc.exact_score(MIX, proc), proc, x.repeat(reps, 1), prior=smc.marginal(MIX, proc, hi),
-                        divergence=smc.Hutchinson(1, law, jvp=smc.Autograd()), generator=gen)
-    ll = ll.reshape(reps, n)
+
+    def estimates(m):  # J v from the closed-form Hessian: the estimator, not autograd, is under test here
+        return log_likelihood(smc.exact_score(MIX, proc), proc, x, prior=smc.marginal(MIX, proc, hi),
+                              divergence=smc.Hutchinson(m, law, jvp=smc.Exact()), generator=gen, rtol=1e-7,
+                              atol=1e-7).reshape(reps, n)
+
+    ll = estimates(8)
     se = ll.std(0) / math.sqrt(reps)
-    assert (se > 1e-3).all()  # the estimator is random, and its noise dominates the solver's error
+    assert (se > 1e-4).all()  # the estimator is random, and its noise dominates the solver's error
     tstat = ((ll.mean(0) - exact) / se).abs()
     assert (tstat <= stats.t.ppf(1 - 0.01 / (2 * n), reps - 1)).all(), tstat
-    # more probes, less variance: m = 4 probes ~ halve the standard deviation
-    ll4 = log_likelihood(smc.exact_score(MIX, proc), proc, x.repeat(reps, 1), prior=smc.marginal(MIX, proc, hi),
-                         divergence=smc.Hutchinson(4, law, jvp=smc.Autograd()), generator=gen).reshape(reps, n)
-    ratio = float((ll4.std(0) / ll.std(0)).median())
-    assert 0.3 < ratio < 0.75, ratio
+    ratio = float((estimates(2).std(0) / ll.std(0)).median())
+    assert 1.4 < ratio < 2.8, ratio
 
 
 def test_hutchinson_reproducible_from_generator():

@@ -265,7 +265,7 @@ def test_sde_samplers_large_sample(sampler):
 def test_default_start_float32_network():
     """x_T None: N(0, (alpha^2 sigma_data^2 + sigma^2) I), the exact p_{t_hi} of N(0, sigma_data^2 I), whose exact
     score an untrained EDM-preconditioned network is (F = 0). float32 end to end; Heun's bias < 0.25 SE."""
-    proc, sd, n, steps = smc.EDM(), 0.7, 2000, 128
+    proc, sd, n, steps = smc.EDM(), 0.7, 2000, 96
     gauss = smc.GaussianMixture([1.0], [[0.0, 0.0]], [sd * sd])
     t_range = default_t_range(proc)
     p_hi, target = smc.marginal(gauss, proc, t_range[1]), smc.marginal(gauss, proc, t_range[0])
