@@ -29,9 +29,11 @@ from ..objectives import Objective, loss
 from ..weighting import Weighting
 from . import checkpoint as ckpt
 from .checkpoint import load_checkpoint
+from .data import (DATA_ORDERS, STF_REFERENCES, DataSource, ImportanceTimes, TimeSampler, UniformTimes, as_source,
+                   check_t_range, default_t_range, reference_part, reference_size, shard_sizes, stf_reference_form,
+                   stream_seed)
+from .distributed import gather_dicts, gather_reference, mean_over_ranks, world_and_rank
 from .evaluate import default_eval_times, relative_score_error
-from .data import (DATA_ORDERS, STF_REFERENCES, DataSource, ImportanceTimes, TimeSampler, UniformTimes, as_source, check_t_range,
-                   default_t_range, reference_part, reference_size, shard_sizes, stf_reference_form, stream_seed)
 
 __all__ = ["TrainConfig", "TrainResult", "LossEstimator", "train", "load_checkpoint", "relative_score_error"]
 
@@ -248,41 +250,6 @@ class _StepLoss(nn.Module):
         return torch.cat([self.estimator.loss(self.model, b, ref) for b in batches])
 
 
-# -- torch.distributed -----------------------------------------------------------------------------------------
-def _world():
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_world_size(), d.get_rank()
-    return 1, 0
-
-
-def _gather_reference(parts, world):
-    """The shared STF reference batch: this rank's parts concatenated, all-gathered in rank (= shard) order (parts of
-    unequal length are padded for the collective, then trimmed)."""
-    if parts[0] is None:
-        return None
-    local = torch.cat(parts)
-    if world == 1:
-        return local
-    sizes = [torch.zeros((), dtype=torch.int64, device=local.device) for _ in range(world)]
-    torch.distributed.all_gather(sizes, torch.tensor(len(local), device=local.device))
-    sizes_by_rank = [int(n) for n in sizes]
-    width = max(sizes_by_rank)
-    padded = torch.zeros((width,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[:len(local)] = local
-    bufs = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(bufs, padded)
-    return torch.cat([b[:n] for b, n in zip(bufs, sizes_by_rank)])
-
-
-def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
-    if world > 1:
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        value /= world
-    return float(value)
-
-
 # -- the loop --------------------------------------------------------------------------------------------------
 def _config(config, options) -> TrainConfig:
     if config is None:
@@ -322,7 +289,7 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
         raise TypeError(f"resume must be None, True or False, got {resume!r}")
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
-    world, rank = _world()
+    world, rank = world_and_rank()
     shards = cfg.shards or world
     if shards % world:
         raise ValueError(f"shards={shards} must be a multiple of the number of ranks {world}")
@@ -388,7 +355,7 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
                disable=True if (progress is False or rank) else None if progress is None else False)
     for step in range(start, cfg.steps):
         batches = [est.draw(step, s, cfg.batch_size // shards, gens[s], ref_sizes[s]) for s in mine]
-        ref = _gather_reference([b.ref for b in batches], world)
+        ref = gather_reference([b.ref for b in batches], world)
         value = net(batches, ref).mean()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_at(step)
@@ -398,7 +365,7 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         ema.update_parameters(model)
-        history.append(_mean_over_ranks(value.detach(), world))
+        history.append(mean_over_ranks(value.detach(), world))
         if not math.isfinite(history[-1]):
             raise FloatingPointError(f"the loss is {history[-1]} at step {step}: lower lr, set grad_clip, or check the "
                                      "weighting and t_range (a weight that explodes at an end of the interval)")
@@ -422,11 +389,7 @@ def train(model, objective, data, proc, *, config: TrainConfig | None = None, ou
 
 
 def _checkpoint(out, step, model, ema, optimizer, gens, history, shards, world, rank):
-    states = {s: g.get_state() for s, g in gens.items()}
-    if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, states)
-        states = {s: st for part in gathered for s, st in part.items()}
+    states = gather_dicts({s: g.get_state() for s, g in gens.items()}, world)
     if rank == 0:
         state = {"step": step, "optimizer": optimizer.state_dict(), "ema_n_averaged": ema.n_averaged.detach().cpu(),
                  "generators": [states[s] for s in range(shards)],
