@@ -25,10 +25,12 @@ SEED = 20240601
 SIZES = {
     "full": {"gmm": dict(N=100_000, K=16, d=64), "emp": dict(N=1000, K=4096, d=3072),
              "stf": dict(B=16, d=3072, ns=(256, 1024, 4096)),
-             "train": dict(B=128, d=3072, n_ref=4096, K=4096, hidden=1024, depth=3)},
+             "train": dict(B=128, d=3072, n_ref=4096, K=4096, hidden=1024, depth=3),
+             "train_fp": dict(B=128, d=64, K=4096, hidden=512, depth=3)},
     "quick": {"gmm": dict(N=500, K=4, d=8), "emp": dict(N=16, K=64, d=32),
               "stf": dict(B=4, d=64, ns=(32,)),
-              "train": dict(B=16, d=16, n_ref=64, K=64, hidden=32, depth=2)},
+              "train": dict(B=16, d=16, n_ref=64, K=64, hidden=32, depth=2),
+              "train_fp": dict(B=16, d=8, K=64, hidden=32, depth=2)},
 }
 
 
@@ -187,16 +189,12 @@ def stf_cases(size="full") -> list[Case]:
 
 # ----------------------------------------------------------------------------- training steps
 
-def train_cases(size="full") -> Case:
-    """One optimiser step (forward, backward, Adam) of the same network and batch under DSM, STFLoss(n_ref)
-    (reference batch = the minibatch plus n_ref - B data points, as STF Algorithm 1) and FPRegularized
-    (FP-Diffusion's synthetic recipe, Hutchinson(1) divergence as the paper's M = 1)."""
+def _train_setup(p, objectives):
     import torch
 
     from scoremc.nn.models import Preconditioned, ScoreMLP
 
-    p = SIZES[size]["train"]
-    B, d, n_ref = p["B"], p["d"], p["n_ref"]
+    B, d = p["B"], p["d"]
     rng = np.random.default_rng(SEED)
     emp = smc.Empirical(rng.uniform(-1, 1, (p["K"], d)))
     proc = smc.EDM()
@@ -208,9 +206,7 @@ def train_cases(size="full") -> Case:
     x0 = pts[:B]
     eps = torch.randn(B, d, generator=g)
     t = torch.exp(torch.randn(B, generator=g) * 1.2 - 1.2).clamp(0.002, 80.0)  # EDM's log-normal sigmas
-    ref = pts[: max(n_ref, B)]  # Algorithm 1: the minibatch inside the reference batch
-    objectives = {"DSM": smc.DSM(), f"STF(n_ref={n_ref})": smc.STFLoss(n_ref),
-                  "FP-regularised": smc.FPRegularized(derivatives=smc.Hutchinson(1))}
+    ref = pts[: max(p.get("n_ref", 0), B)]  # STF Algorithm 1: the minibatch inside the reference batch
 
     def step(obj):
         def f():
@@ -223,9 +219,39 @@ def train_cases(size="full") -> Case:
         return f
 
     contenders = {name: step(obj) for name, obj in objectives.items()}
-    return Case("train-step", contenders, reference="DSM", params=p,
-                notes="float32 Preconditioned(ScoreMLP) under EDM; ratios are step time / DSM step time")
+    return contenders, (x0, eps, t, ref, proc)
+
+
+def train_cases(size="full") -> list[Case]:
+    """One optimiser step (forward, backward, Adam) of the same network and batch per objective.
+
+    * ``train-step-stf``: DSM vs STFLoss(n_ref) at image size (d = 3072; reference batch = the minibatch
+      plus n_ref - B data points, STF Algorithm 1), and the STF target alone (no grad) for scale;
+    * ``train-step-fp``: DSM vs FPRegularized (FP-Diffusion's synthetic recipe, Hutchinson(1) divergence,
+      the paper's M = 1) at synthetic size (d = 64): its cost grows with d (see README), and at d = 3072,
+      B = 128 it exceeded the 23 GB of the benchmark machine.
+    """
+    import torch
+
+    p = SIZES[size]["train"]
+    n_ref = p["n_ref"]
+    contenders, (x0, eps, t, ref, proc) = _train_setup(p, {"DSM": smc.DSM(), f"STF(n_ref={n_ref})": smc.STFLoss(n_ref)})
+    xt = x0 + t[:, None] * eps
+    sig = t[:, None]
+
+    def target_only():
+        with torch.no_grad():
+            return smc.stf_target(xt, sig, ref)
+
+    contenders["STF target alone"] = target_only
+    stf = Case("train-step-stf", contenders, reference="DSM", params=p,
+               notes="float32 Preconditioned(ScoreMLP) under EDM; ratios are step time / DSM step time")
+    q = SIZES[size]["train_fp"]
+    contenders, _ = _train_setup(q, {"DSM": smc.DSM(), "FP-regularised": smc.FPRegularized(derivatives=smc.Hutchinson(1))})
+    fp = Case("train-step-fp", contenders, reference="DSM", params=q,
+              notes="float32 Preconditioned(ScoreMLP) under EDM; FPRegularized(derivatives=Hutchinson(1))")
+    return [stf, fp]
 
 
 def all_cases(size="full") -> list[Case]:
-    return [gmm_case(size), empirical_case(size), *stf_cases(size), train_cases(size)]
+    return [gmm_case(size), empirical_case(size), *stf_cases(size), *train_cases(size)]
