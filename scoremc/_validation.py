@@ -9,6 +9,7 @@ never converted to NumPy (a check costs one reduction on its device).
 from __future__ import annotations
 
 import numbers
+import re
 
 import array_api_compat as aac
 import numpy as np
@@ -38,9 +39,46 @@ def _check_ndim(shape, name, ndim, min_ndim):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(shape)}")
 
 
+class _Named:
+    """Re-raise a ValueError/TypeError (NumPy's, torch's) whose message does not name the argument
+    with the name in front, so that every conversion failure says which argument it was."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, (ValueError, TypeError)) and not mentions(str(exc), self.name):
+            raise (TypeError if issubclass(kind, TypeError) else ValueError)(f"{self.name}: {exc}") from exc
+        return False
+
+
+def mentions(message: str, name: str) -> bool:
+    """Whether ``message`` names ``name`` as a word (``t`` in "t=0.5", not in "must")."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", message) is not None
+
+
+def named(name: str):
+    """Context manager: ValueError/TypeError raised inside name ``name`` (see :class:`_Named`)."""
+    return _Named(name)
+
+
+def check_result(out, name: str, what: str = "the result"):
+    """ValueError naming ``name`` when finite input gave a non-finite result (an overflow of float64,
+    e.g. |x|^2 for |x| ~ 1e300): no silent NaN/inf."""
+    xp = namespace(out)
+    if not bool(xp.all(xp.isfinite(out))):
+        raise ValueError(f"{name} is too large or too small for float64 here: {what} overflows (non-finite); "
+                         "rescale it")
+    return out
+
+
 def as_float_array(value, name: str, *, ndim: int | None = None, min_ndim: int = 0) -> np.ndarray:
     """Return ``value`` as a float64 NumPy array, refusing non-numeric, complex and non-finite input."""
-    arr = _numeric_numpy(value, name).astype(np.float64, copy=False)
+    with named(name):
+        arr = _numeric_numpy(value, name).astype(np.float64, copy=False)
     _check_ndim(arr.shape, name, ndim, min_ndim)
     check_finite(arr, name)
     return arr
@@ -62,6 +100,11 @@ def as_array(value, name: str, xp=None, *, like=None, ndim: int | None = None, m
     ``like`` is given; anything else (integers, lists, NumPy arrays, scalars) takes the dtype and
     device of ``like`` (else torch's defaults).
     """
+    with named(name):
+        return _as_array(value, name, xp, like, ndim, min_ndim)
+
+
+def _as_array(value, name, xp, like, ndim, min_ndim):
     xp = namespace(value) if xp is None else xp
     if is_numpy(xp):  # ``like`` plays no part: the reference precision is float64
         return as_float_array(value, name, ndim=ndim, min_ndim=min_ndim)
@@ -122,6 +165,8 @@ def as_count(n, name: str, *, minimum: int = 1) -> int:
     n = int(n)
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {n}")
+    if n > 2**53:  # beyond any array size (and than int64 arithmetic of sizes stays exact)
+        raise ValueError(f"{name} must be <= 2**53, got {n}")
     return n
 
 
@@ -181,7 +226,10 @@ def call_score(fn, x, t, tail=None, name: str = "score_fn"):
         tt = aac.to_device(xp.astype(t, x.dtype), device_of(x))
     else:
         tt = xp.asarray(t, dtype=x.dtype, device=device_of(x))
-    tt = xp.reshape(xp.broadcast_to(tt, lead), (size,))
+    try:
+        tt = xp.reshape(xp.broadcast_to(tt, lead), (size,))
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"t of shape {tuple(tt.shape)} does not broadcast against x's rows {lead}") from exc
     out = fn(xp.reshape(x, (size, d)), tt)
     if is_numpy(xp):
         out = np.asarray(out, dtype=np.float64)

@@ -36,8 +36,9 @@ def jacobian(score_fn, x, t, *, proc=None, derivatives=None):
 def curl(score_fn, x, t, **options):
     """Scalar curl d s_2/d x_1 - d s_1/d x_2 of a 2-D field, shape x.shape[:-1] (FP-Diffusion §6.2).
     ``options`` as :func:`jacobian`."""
+    x = as_array(x, "x", min_ndim=1)
     if x.shape[-1] != 2:
-        raise ValueError(f"curl is defined for d = 2 (use antisymmetric_norm for any d), got shape {tuple(x.shape)}")
+        raise ValueError(f"x: curl is defined for d = 2 (use antisymmetric_norm for any d), got shape {tuple(x.shape)}")
     J = jacobian(score_fn, x, t, **options)
     return J[..., 1, 0] - J[..., 0, 1]
 

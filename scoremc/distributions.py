@@ -22,7 +22,7 @@ import numpy as np
 from . import _fast, _random, _reference
 from ._array import default_float, device_of, is_numpy, namespace, to_numpy
 from ._gaussians import Gaussians
-from ._validation import as_count, as_float_array, as_generator, as_points
+from ._validation import as_count, as_float_array, as_generator, as_points, check_result
 
 __all__ = ["GaussianMixture", "Empirical", "logpdf", "score", "hessian", "divergence", "sample", "normal_form",
            "check_method", "METHODS"]
@@ -39,8 +39,8 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def _check_weights(weights, k: int) -> np.ndarray:
-    raw = np.asarray(weights)
     w = as_float_array(weights, "weights", ndim=1)
+    raw = np.asarray(weights)
     if len(w) != k:
         raise ValueError(f"weights must have one entry per component (K={k}), got shape {w.shape}")
     if (w < 0).any():
@@ -285,10 +285,12 @@ def evaluate(G: Gaussians, x, what: str, method: str = "fast", tail: tuple = ())
     x = as_points(x, G.dim, xp=xp)
     lead = tuple(x.shape[:-1])
     flat = xp.reshape(x, (-1, G.dim))
-    if is_numpy(xp) and method == "fast" and hasattr(_fast, what):
-        out = getattr(_fast, what)(G, np.ascontiguousarray(flat))
-    else:
-        out = getattr(_reference, what)(G.to(xp, like=x), flat)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if is_numpy(xp) and method == "fast" and hasattr(_fast, what):
+            out = getattr(_fast, what)(G, np.ascontiguousarray(flat))
+        else:
+            out = getattr(_reference, what)(G.to(xp, like=x), flat)
+    check_result(out, "x", f"the {what}")  # finite x whose |x|^2 overflows (|x| ~ 1e155 and up)
     return xp.reshape(out, lead + tail)
 
 

@@ -36,7 +36,12 @@ def _rows(proc, x, t):
     proc = check_process(proc)
     xp = namespace(x, t)
     x = as_array(x, "x", xp, min_ndim=1)
-    t = xp.broadcast_to(proc.check_t(as_array(t, "t", xp, like=x)), tuple(x.shape[:-1]))
+    t = proc.check_t(as_array(t, "t", xp, like=x))
+    try:
+        t = xp.broadcast_to(t, tuple(x.shape[:-1]))
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"t of shape {tuple(t.shape)} does not broadcast against x's rows "
+                         f"{tuple(x.shape[:-1])}") from exc
     c = proc.at(t)
     return proc, x, t, c.g2, c.f
 

@@ -216,7 +216,11 @@ class Mix(PointwiseIdentity):
         if isinstance(self.w, WeightRule):
             return self.w(dist, coef)
         if callable(self.w):
-            return as_array(self.w(coef.t), "w(t)", namespace(coef.t), like=coef.t)
+            w = as_array(self.w(coef.t), "w(t)", namespace(coef.t), like=coef.t)
+            if w.ndim and tuple(w.shape) != tuple(coef.t.shape):
+                raise ValueError(f"w(t) must return a scalar or an array shaped like t {tuple(coef.t.shape)}, "
+                                 f"got shape {tuple(w.shape)}")
+            return w
         return float(self.w)
 
     def integrand(self, dist, coef, x0, xt, rng=None):

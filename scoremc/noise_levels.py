@@ -36,7 +36,15 @@ def karras_sigmas(n, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: flo
     sigma_min, sigma_max, rho = (_finite(v, k) for v, k in ((sigma_min, "sigma_min"), (sigma_max, "sigma_max"),
                                                            (rho, "rho")))
     edm = EDM(sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
-    return np.asarray(edm.karras_sigma(1.0 - np.arange(n) / (n - 1)))
+    try:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            out = np.asarray(edm.karras_sigma(1.0 - np.arange(n) / (n - 1)))
+    except OverflowError:  # Python's float ** raises instead of returning inf
+        out = np.array([np.inf])
+    # rho -> 0 sends sigma^(1/rho) out of float64 range: no silent inf/0, no bare OverflowError
+    if not (np.isfinite(out).all() and (out > 0).all()):
+        raise ValueError(f"rho={rho!r} is too small for this sigma range in float64: sigma^(1/rho) overflows")
+    return out
 
 
 def lognormal_sigmas(n, rng, p_mean: float = -1.2, p_std: float = 1.2, *, dtype=None):
@@ -49,7 +57,12 @@ def lognormal_sigmas(n, rng, p_mean: float = -1.2, p_std: float = 1.2, *, dtype=
     if p_std <= 0:
         raise ValueError(f"p_std must be positive, got {p_std}")
     xp = _random.generator_namespace(rng)
-    return xp.exp(p_mean + p_std * _random.normal(rng, (n,), dtype))
+    with np.errstate(over="ignore", under="ignore"):
+        out = xp.exp(p_mean + p_std * _random.normal(rng, (n,), dtype))
+    if not bool(xp.all(xp.isfinite(out) & (out > 0))):
+        raise ValueError(f"p_mean={p_mean!r}, p_std={p_std!r}: exp(ln sigma) over- or underflows the dtype; "
+                         "use a smaller p_mean/p_std")
+    return out
 
 
 def uniform_times(n, rng, t_min: float = 1e-5, t_max: float = 1.0, *, dtype=None):

@@ -23,7 +23,7 @@ import numpy as np
 from . import _fast, _random, _reference
 from ._array import is_numpy, namespace, np_xp, to_numpy
 from ._gaussians import Gaussians
-from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
+from ._validation import as_array, as_count, as_generator, as_points, check_process, check_result, scalar_time
 from .analytic import AnalyticScore
 from .distributions import Empirical, GaussianMixture, check_method, normal_form, sample
 from .processes import Process
@@ -45,6 +45,7 @@ def noised_sample(dist, proc: Process, t: float, n: int, rng):
 
     ``t`` is a scalar already in the domain; the draws consume ``rng`` as x0 first, then eps.
     """
+    t = scalar_time(check_process(proc), t)
     x0 = sample(dist, n, rng)
     return x0, float(proc.alpha(t)) * x0 + float(proc.sigma(t)) * _random.normal(rng, x0.shape, x0.dtype)
 
@@ -135,10 +136,13 @@ class Posterior:
         return self.prior.dense_covs(self._post_var)
 
     def mean(self) -> np.ndarray:
-        """E[x0 | x_t], shape (N, d)."""
-        if self.method == "fast":
-            return _fast.posterior_mean(self.noised, self.xt, self.prior, self.alpha, self.sigma)
-        return _reference.posterior_mean(self.prior, self.xt, self.alpha, self.sigma)
+        """E[x0 | x_t], shape (N, d) (ValueError naming xt where it overflows float64)."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if self.method == "fast":
+                out = _fast.posterior_mean(self.noised, self.xt, self.prior, self.alpha, self.sigma)
+            else:
+                out = _reference.posterior_mean(self.prior, self.xt, self.alpha, self.sigma)
+        return check_result(out, "xt", "the posterior mean")
 
     def cov(self) -> np.ndarray:
         """Cov[x0 | x_t] by the law of total covariance, shape (N, d, d) (rows in chunks; the only dense

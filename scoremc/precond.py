@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._array import namespace
-from ._validation import as_array, as_coefficient
+from ._validation import as_array, as_coefficient, check_result
 
 __all__ = ["Precond", "edm_precond", "tsm_precond", "denoiser_from_score", "score_from_denoiser",
            "eps_from_score", "score_from_eps", "eps_from_denoiser", "denoiser_from_eps", "EDM_SIGMA_DATA"]
@@ -104,8 +104,10 @@ def edm_precond(sigma, sigma_data: float = EDM_SIGMA_DATA, *, alpha=1.0) -> Prec
     ``sigma`` and ``alpha`` broadcast; all positive.
     """
     xp, sigma, alpha, sd, S = _inputs(sigma, alpha, sigma_data)
-    return Precond(c_skip=alpha * sd * sd / S, c_out=sigma * sd / xp.sqrt(S), c_in=1.0 / xp.sqrt(S),
-                   c_noise=0.25 * xp.log(sigma / alpha), weight=S / (sigma * sd) ** 2, space="x0")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        return _finite_precond(Precond(c_skip=alpha * sd * sd / S, c_out=sigma * sd / xp.sqrt(S),
+                                       c_in=1.0 / xp.sqrt(S), c_noise=0.25 * xp.log(sigma / alpha),
+                                       weight=S / (sigma * sd) ** 2, space="x0"))
 
 
 def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
@@ -122,8 +124,31 @@ def tsm_precond(sigma, alpha, sigma_data: float = 1.0) -> Precond:
     c_noise = ln(sigma / alpha) / 4 (as :func:`edm_precond`; TSM conditions F on sigma).
     """
     xp, sigma, alpha, sd, S = _inputs(sigma, alpha, sigma_data)
-    return Precond(c_skip=-1.0 / S, c_out=-sigma / (alpha * sd * xp.sqrt(S)), c_in=1.0 / xp.sqrt(S),
-                   c_noise=0.25 * xp.log(sigma / alpha), weight=(alpha * sd) ** 2 * S / sigma**2, space="score")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        return _finite_precond(Precond(c_skip=-1.0 / S, c_out=-sigma / (alpha * sd * xp.sqrt(S)),
+                                       c_in=1.0 / xp.sqrt(S), c_noise=0.25 * xp.log(sigma / alpha),
+                                       weight=(alpha * sd) ** 2 * S / sigma**2, space="score"))
+
+
+def _finite_precond(p: Precond) -> Precond:
+    """No silent inf/NaN: sigma, alpha or sigma_data so extreme that a coefficient over- or underflows
+    (sigma^2 beyond ~1e308, 1/sigma^2 for sigma below ~1e-154) raise ValueError naming them."""
+    for field in ("c_skip", "c_out", "c_in", "c_noise", "weight"):
+        check_result(getattr(p, field), "sigma, alpha or sigma_data", f"the coefficient {field}")
+    return p
+
+
+def _finite(out, name):
+    return check_result(out, name, "the conversion")
+
+
+def _field(value, name, like):
+    """A (..., d) array (a score, a denoiser output, eps) of the namespace and shape of ``like``."""
+    xp = namespace(value, like)
+    arr = as_array(value, name, xp, like=like)
+    if tuple(arr.shape) != tuple(like.shape):
+        raise ValueError(f"{name} must have the shape of x {tuple(like.shape)}, got {tuple(arr.shape)}")
+    return arr
 
 
 def _coef(value, name, like):
@@ -139,29 +164,45 @@ def _coef(value, name, like):
 def denoiser_from_score(s, x, alpha, sigma):
     """D = (x + sigma^2 s) / alpha (Tweedie; TSM §1.2). ``s``, ``x`` (..., d); alpha, sigma scalars or
     per-row (..., 1)."""
-    return (x + _coef(sigma, "sigma", x) ** 2 * s) / _coef(alpha, "alpha", x)
+    x = as_array(x, "x", min_ndim=1)
+    s = _field(s, "s", x)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _finite((x + _coef(sigma, "sigma", x) ** 2 * s) / _coef(alpha, "alpha", x), "alpha")
 
 
 def score_from_denoiser(D, x, alpha, sigma):
     """s = (alpha D - x) / sigma^2 (inverse of :func:`denoiser_from_score`)."""
-    return (_coef(alpha, "alpha", x) * D - x) / _coef(sigma, "sigma", x) ** 2
+    x = as_array(x, "x", min_ndim=1)
+    D = _field(D, "D", x)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _finite((_coef(alpha, "alpha", x) * D - x) / _coef(sigma, "sigma", x) ** 2, "sigma")
 
 
 def eps_from_score(s, sigma):
     """eps_hat = -sigma s (since grad log p(x_t | x0) = -eps / sigma)."""
-    return -_coef(sigma, "sigma", s) * s
+    s = as_array(s, "s", min_ndim=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _finite(-_coef(sigma, "sigma", s) * s, "sigma")
 
 
 def score_from_eps(eps_hat, sigma):
     """s = -eps_hat / sigma."""
-    return -eps_hat / _coef(sigma, "sigma", eps_hat)
+    eps_hat = as_array(eps_hat, "eps_hat", min_ndim=1)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _finite(-eps_hat / _coef(sigma, "sigma", eps_hat), "sigma")
 
 
 def eps_from_denoiser(D, x, alpha, sigma):
     """eps_hat = (x - alpha D) / sigma."""
-    return (x - _coef(alpha, "alpha", x) * D) / _coef(sigma, "sigma", x)
+    x = as_array(x, "x", min_ndim=1)
+    D = _field(D, "D", x)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _finite((x - _coef(alpha, "alpha", x) * D) / _coef(sigma, "sigma", x), "sigma")
 
 
 def denoiser_from_eps(eps_hat, x, alpha, sigma):
     """D = (x - sigma eps_hat) / alpha."""
-    return (x - _coef(sigma, "sigma", x) * eps_hat) / _coef(alpha, "alpha", x)
+    x = as_array(x, "x", min_ndim=1)
+    eps_hat = _field(eps_hat, "eps_hat", x)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _finite((x - _coef(sigma, "sigma", x) * eps_hat) / _coef(alpha, "alpha", x), "alpha")

@@ -143,6 +143,11 @@ def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 10
     proc.check_t(ts, "ts")
     if len(ts) == 0:
         raise ValueError("ts must hold at least one time, got an empty array")
+    with np.errstate(over="ignore", divide="ignore"):
+        tiny = ~np.isfinite((proc.alpha(ts) / proc.sigma(ts) ** 2) ** 2)
+    if tiny.any() and not (proc.sigma(ts) == 0).any():
+        raise ValueError(f"ts={float(ts[tiny][0])!r} is too close to sigma(t) = 0 for float64: (alpha/sigma^2)^2 "
+                         "overflows; use a larger t")
     if (proc.sigma(ts) == 0).any():
         raise ValueError(f"ts={float(ts[proc.sigma(ts) == 0][0])!r} has sigma(t) = 0 under {proc!r}: the exact "
                          "variance curves divide by sigma(t) (the posterior is a point mass there); use t > 0")
