@@ -98,10 +98,10 @@ def run_map(sz, seed=0):
             ds = ds[keep]
             per_target.append(ds.assign_coords(t_index=("t", np.arange(len(ts)))).swap_dims(t="t_index")
                               .reset_coords([c for c in ds.coords if c not in ("target", "estimator")], drop=True))
-        merged = xr.concat(per_target, dim="target", join="outer")
+        merged = xr.concat(per_target, dim="target", join="outer", coords="different", compat="equals")
         merged = merged.assign_coords(time=("t_index", ts))
         per_proc.append(merged.expand_dims(process=[_pname(proc)]))
-    out = xr.concat(per_proc, dim="process", join="outer")
+    out = xr.concat(per_proc, dim="process", join="outer", coords="different", compat="equals")
     out.attrs.update(n_outer=sz["n_outer"], n_inner=sz["n_inner"], n_samples=N_SAMPLES, seed=seed,
                      description="smc.variance per (process, target, estimator, t_index); time(process, t_index) "
                                  "holds t (sigma for EDM); NaN where an estimator does not apply (TSI and "
@@ -120,7 +120,7 @@ def run_stf(sz, seed=0):
                               n_outer=sz["stf_outer"], n_inner=sz["stf_inner"], n_samples=N_SAMPLES, seed=seed,
                               progress=False)
         parts.append(ds[["V", "V_se", "bias_sq", "bias_sq_se", "stf_leading"]])
-    out = xr.concat(parts, dim="target", join="outer")
+    out = xr.concat(parts, dim="target", join="outer", coords="different", compat="equals")
     out.attrs.update(n_outer=sz["stf_outer"], n_inner=sz["stf_inner"], process="VE")
     return out
 
@@ -220,14 +220,15 @@ def run_cost(sz, quick):
     out = {}
     # scoremc report: the whole command in a fresh process (peak RSS of the child, wall time)
     if sz["report"]:
-        import resource
         import tempfile
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-c", "import sys; from scoremc.cli import main; "
-                            f"sys.exit(main(['report', '--out', {tmp!r}]))"], check=True, capture_output=True)
-        out["report"] = {"command": "scoremc report", "wall_s": time.perf_counter() - t0,
-                         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}
+        with tempfile.TemporaryDirectory() as tmp:  # the child reports its own peak RSS (not other children's)
+            r = subprocess.run([sys.executable, "-c", "import resource; from scoremc.cli import main; "
+                                f"rc = main(['report', '--out', {tmp!r}]); "
+                                "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                               check=True, capture_output=True, text=True)
+        peak = int([ln for ln in r.stdout.splitlines() if ln.startswith("PEAK")][-1].split()[1]) * 1024
+        out["report"] = {"command": "scoremc report", "wall_s": time.perf_counter() - t0, "peak_rss_bytes": peak}
     # a 50-point sweep per estimator (two-gaussians, VE): the call alone, after a warm-up
     setup = (f"gm = builtin.two_gaussians(); proc = smc.VE(); ts = np.linspace(0.02, 1.0, {sz['cost_times']})")
     per = {}
