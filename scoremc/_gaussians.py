@@ -217,9 +217,9 @@ def map_row_blocks(n: int, rows: int, work, *, min_rows: int = 1, row_flops: flo
 
     ``rows`` is the block size wanted (the blocks are cut by :func:`_block_size`, the same whichever
     path runs, so the result does not depend on the thread count or on other threads, bit for bit);
-    ``scratch`` is a dict private to the calling worker (for reusable buffers). With W > 1 BLAS threads configured (by default one per core) and at least
-    POOL_MIN_FLOPS of work (``row_flops`` per row), the blocks run on up to W Python threads, as
-    many as get a block of at least ``min_rows`` rows. BLAS is single-threaded for every block, on
+    ``scratch`` is a dict private to the calling worker (for reusable buffers). With W > 1 BLAS
+    threads configured (by default one per core) and at least POOL_MIN_FLOPS of work (``row_flops``
+    per row), the blocks run on up to W Python threads, as many as get a block of at least ``min_rows`` rows. BLAS is single-threaded for every block, on
     the serial path too (:func:`_single_threaded_blas`: shared, scoped, restored on return), since
     its round-off depends on its thread count: so the result does not depend on which path runs or
     on what other threads do. ``work`` must release the GIL for most of its time

@@ -16,8 +16,9 @@ import numpy as np
 
 from ._array import default_float, device_of, is_numpy, namespace
 
-__all__ = ["as_float_array", "as_array", "as_points", "as_count", "as_real", "check_finite", "as_generator", "check_process",
-           "scalar_time", "call_score", "check_callable", "as_coefficient"]
+__all__ = ["as_float_array", "as_array", "as_points", "as_count", "as_real", "check_finite", "as_generator",
+           "check_process", "scalar_time", "call_score", "check_callable", "as_coefficient", "check_result", "named",
+           "mentions"]
 
 
 def _numeric_numpy(value, name: str) -> np.ndarray:

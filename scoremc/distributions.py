@@ -42,7 +42,8 @@ def _check_weights(weights, k: int) -> np.ndarray:
     w = as_float_array(weights, "weights", ndim=1)
     raw = np.asarray(weights)
     if len(w) != k:
-        raise ValueError(f"weights must have one entry per component (K={k}), got shape {w.shape}")
+        raise ValueError(f"weights must have one entry per component (K={k}, the rows of means), "
+                         f"got shape {w.shape}")
     if (w < 0).any():
         raise ValueError(f"weights must be non-negative, got {w[w < 0][0]}")
     # Round-off tolerance at the precision the weights were made in. Weights often pass through
@@ -81,7 +82,8 @@ def _covariance_parts(covs: np.ndarray, k: int, d: int, kind: str | None = None)
                          "np.broadcast_to(C, (K, d, d))")
     if covs.ndim <= 2 and covs.size and ((covs > 0) & (covs < tiny)).any():
         idx = tuple(int(i) for i in np.argwhere((covs > 0) & (covs < tiny))[0])
-        raise ValueError(f"covs{list(idx)} = {float(covs[idx])!r} is below the smallest normal float64 ({tiny:.3g}): its "
+        raise ValueError(f"covs{list(idx)} = {float(covs[idx])!r} is below the smallest normal float64 "
+                         f"({tiny:.3g}): its "
                          "precision 1/var overflows")
     if covs.shape == (k,):
         if (covs <= 0).any():
@@ -106,7 +108,8 @@ def _covariance_parts(covs: np.ndarray, k: int, d: int, kind: str | None = None)
             i = int(np.argmax(bad))
             raise ValueError(f"covs[{i}] must be positive definite (smallest eigenvalue {lam[i, 0]:.3g})")
         return lam, Q, "full"
-    raise ValueError(f"covs must have shape (K,)={(k,)}, (K, d)={(k, d)} or (K, d, d)={(k, d, d)}, "
+    raise ValueError(f"covs must have shape (K,)={(k,)}, (K, d)={(k, d)} or (K, d, d)={(k, d, d)} "
+                     "(K, d from means), "
                      f"got {covs.shape}")
 
 

@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from ._array import namespace
-from ._validation import as_array
+from ._validation import as_array, check_result
 
 __all__ = ["Process", "Coefficients", "out"]
 
@@ -23,6 +23,13 @@ __all__ = ["Process", "Coefficients", "out"]
 def out(arr):
     """A NumPy 0-d result as a NumPy scalar (torch tensors unchanged)."""
     return arr[()] if isinstance(arr, np.ndarray) and arr.ndim == 0 else arr
+
+
+def _finite(arr):
+    """``out(arr)`` after checking it finite: a t inside the domain whose coefficient overflows float64
+    (EDM's g^2 = 2t at t = 1e308) raises ValueError naming t instead of returning inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return out(check_result(arr, "t", "a coefficient of the process"))
 
 
 class Process(abc.ABC):
@@ -98,17 +105,17 @@ class Process(abc.ABC):
     def alpha(self, t):
         """Mean coefficient alpha(t) of the kernel N(alpha x0, sigma^2 I)."""
         t, xp = self._checked(t)
-        return out(xp.exp(self._log_alpha(t, xp)))
+        return _finite(xp.exp(self._log_alpha(t, xp)))
 
     def sigma(self, t):
         """Kernel standard deviation sigma(t)."""
         t, xp = self._checked(t)
-        return out(self._sigma(t, xp))
+        return _finite(self._sigma(t, xp))
 
     def dalpha(self, t):
         """Exact d alpha / dt."""
         t, xp = self._checked(t)
-        return out(xp.exp(self._log_alpha(t, xp)) * self._dlog_alpha(t, xp))
+        return _finite(xp.exp(self._log_alpha(t, xp)) * self._dlog_alpha(t, xp))
 
     def dsigma(self, t):
         """Exact d sigma / dt (``inf`` where sigma vanishes like sqrt(t), e.g. VP at t=0)."""
@@ -125,24 +132,25 @@ class Process(abc.ABC):
     def drift_coef(self, t):
         """f(t) = d log alpha / dt; the drift is ``f(t) * x``."""
         t, xp = self._checked(t)
-        return out(self._dlog_alpha(t, xp))
+        return _finite(self._dlog_alpha(t, xp))
 
     def drift(self, x, t):
         """Drift f(x, t) = f(t) x of the forward SDE; ``t`` broadcasts against ``x.shape[:-1]``."""
         xp = namespace(x, t)
         x = as_array(x, "x", xp, min_ndim=1)
         f = self.drift_coef(as_array(t, "t", xp, like=x))
-        return xp.asarray(f)[..., None] * x
+        with np.errstate(over="ignore", invalid="ignore"):
+            return check_result(xp.asarray(f)[..., None] * x, "x", "the drift f(t) x")
 
     def g2(self, t):
         """Squared diffusion g(t)^2 = d(sigma^2)/dt - 2 f(t) sigma(t)^2 (closed form)."""
         t, xp = self._checked(t)
-        return out(self._g2(t, xp))
+        return _finite(self._g2(t, xp))
 
     def diffusion(self, t):
         """Diffusion coefficient g(t) of the forward SDE ``dx = f x dt + g dw``."""
         t, xp = self._checked(t)
-        return out(xp.sqrt(self._g2(t, xp)))
+        return _finite(xp.sqrt(self._g2(t, xp)))
 
     def t_from_log_snr(self, log_snr):
         """Inverse of :meth:`log_snr`; raises ``ValueError`` for values no valid t attains."""
@@ -182,7 +190,8 @@ class Process(abc.ABC):
 class Coefficients:
     """The coefficients of ``process`` at validated times ``t``, each an array shaped like ``t``
     (per-row (N, 1) in training formulas), computed on first use: ``alpha``, ``sigma``, ``g2``,
-    ``f`` (drift coefficient), ``dalpha``, ``dsigma``, ``dvar`` = d(sigma^2)/dt. Namespace, dtype and device are those of ``t``."""
+    ``f`` (drift coefficient), ``dalpha``, ``dsigma``, ``dvar`` = d(sigma^2)/dt. Namespace, dtype and
+    device are those of ``t``."""
 
     process: Process
     t: object

@@ -29,7 +29,8 @@ from typing import Callable, ClassVar, Union
 import numpy as np
 
 from ._array import namespace
-from ._validation import as_array, as_count, as_generator, as_points, check_process, scalar_time
+from ._validation import (as_array, as_count, as_generator, as_points, check_process, check_result,
+                          scalar_time)
 from . import _random
 from ._blocks import block_rows, map_blocks
 from .distributions import normal_form, sample_parts, score
@@ -364,8 +365,11 @@ def _blockwise(identity, dist, proc, t, xt, n, rng, budget, reduce):
     def block(i, j):
         return reduce(identity.draws(posterior(dist, proc, t, xt[i:j]), n, stream.subset(i, j)))
 
-    parts = map_blocks(block, len(xt), n * d, budget)
-    return np.concatenate(parts, axis=-2) if parts else reduce(np.empty((n, 0, d)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        parts = map_blocks(block, len(xt), n * d, budget)
+    out = np.concatenate(parts, axis=-2) if parts else reduce(np.empty((n, 0, d)))
+    # no silent inf/NaN: a huge x_t or mixture weight (Mix(1e308)) overflows the integrand
+    return check_result(out, "xt, w or w(t)", f"the {identity.name} integrand")
 
 
 def require_noise(identity, proc, t, name: str = "t"):

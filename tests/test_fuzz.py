@@ -153,10 +153,10 @@ def _sites():
     add("uniform_times.t_min", "t_min", 1e-5, lambda v: smc.uniform_times(4, _rng(), t_min=v))
     add("uniform_times.rng", "rng", 0.0, lambda v: smc.uniform_times(4, v))
     # targets
-    add("GaussianMixture.weights", "weights", np.array([.3, .7]), lambda v: smc.GaussianMixture(v, [[0, 1], [2, -1]],
-                                                                                                    [1, .5]))
-    add("GaussianMixture.means", "means", np.array([[0., 1], [2, -1]]), lambda v: smc.GaussianMixture([.3, .7], v, [1, .5]))
-    add("GaussianMixture.covs", "covs", np.array([1., .5]), lambda v: smc.GaussianMixture([.3, .7], [[0, 1], [2, -1]], v))
+    means, weights, covs = np.array([[0., 1], [2, -1]]), np.array([.3, .7]), np.array([1., .5])
+    add("GaussianMixture.weights", "weights", weights, lambda v: smc.GaussianMixture(v, means, covs))
+    add("GaussianMixture.means", "means", means, lambda v: smc.GaussianMixture(weights, v, covs))
+    add("GaussianMixture.covs", "covs", covs, lambda v: smc.GaussianMixture(weights, means, v))
     add("GaussianMixture.full_covs", "covs", np.array([np.eye(2), 2 * np.eye(2)]),
         lambda v: smc.GaussianMixture([.3, .7], [[0, 1], [2, -1]], v))
     add("Empirical.points", "points", np.array([[0., 1], [2, -1]]), lambda v: smc.Empirical(v))
@@ -261,7 +261,8 @@ def check_contract(ident, name, fn, value):
         try:
             out = fn(value)
         except (ValueError, TypeError) as exc:
-            assert _names(str(exc), name) or any(_names(str(exc), a) for a in ALIASES.get(ident, ())), (f"{ident}: {type(exc).__name__} does not name {name!r}: {exc}"
+            named = _names(str(exc), name) or any(_names(str(exc), a) for a in ALIASES.get(ident, ()))
+            assert named, (f"{ident}: {type(exc).__name__} does not name {name!r}: {exc}"
                                              f"  [input {value!r:.80}]")
             return "raised"
         except AssertionError as exc:  # a testing assertion may fail on bad tolerances: that is a check run

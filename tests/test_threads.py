@@ -30,7 +30,8 @@ def cases():
     rng = np.random.default_rng(7)
     K, d = 8, 24
     A = rng.standard_normal((K, d, d)) / np.sqrt(d)
-    full = smc.GaussianMixture(np.full(K, 1 / K), rng.standard_normal((K, d)), A @ A.transpose(0, 2, 1) + 0.3 * np.eye(d))
+    covs = A @ A.transpose(0, 2, 1) + 0.3 * np.eye(d)
+    full = smc.GaussianMixture(np.full(K, 1 / K), rng.standard_normal((K, d)), covs)
     emp = smc.Empirical(rng.standard_normal((3000, 16)))
     # large enough for the thread pool (POOL_MIN_FLOPS) on the full and the axis-aligned paths
     return [(smc.exact_score(full, smc.VP()), rng.standard_normal((6000, d)), 0.3),
