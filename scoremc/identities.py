@@ -399,6 +399,10 @@ def estimate(identity: Identity, dist, proc, t, xt, *, n: int, rng: np.random.Ge
     :class:`STF`). Streams over canonical row blocks, so memory stays bounded for any number of rows
     (``budget`` as in :func:`integrand_samples`); the result equals ``integrand_samples(...).mean(0)``
     bit for bit.
+
+    Raises ValueError naming t where sigma(t) = 0 (t = 0 of VP, sub-VP, Cosine, EDM) for identities
+    with a DSI part (``needs_noise``; TSI gives the target score there), and naming xt/w where the
+    integrand overflows float64.
     """
     return _blockwise(identity, dist, proc, t, xt, n, rng, budget, lambda draws: draws.mean(axis=0)).reshape(
         np.shape(xt))

@@ -227,6 +227,10 @@ class ExactScore(AnalyticScore):
     ``logpdf``, ``hessian`` (..., d, d), ``divergence`` (...), ``dt`` (the exact partial derivative in
     t at fixed x, (..., d)) and ``grad_divergence``. ``method="fast"`` serves NumPy rows that share
     one time through the BLAS + Numba path; everything else takes the reference path.
+
+    Edges: ``dt`` at sigma(t) = 0 is the finite limit (d(sigma^2)/dt -> g^2 + 2 f sigma^2, e.g.
+    beta_min for VP at t = 0); a result that overflows float64 for finite input (|x| ~ 1e160, EDM
+    at t ~ 1e155) raises ValueError naming x and t rather than returning NaN.
     """
 
     dist: object

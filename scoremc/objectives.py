@@ -216,6 +216,8 @@ def loss(objective: Objective, score_fn, dist, proc, t, x0, eps, *, rng=None, we
     lambda(t) in score space (default 1); FPRegularized carries its own weights and refuses it.
     ``rng`` (a numpy Generator, or a torch.Generator for tensors) is needed only for random parts:
     STF reference draws and Hutchinson probes. ``ref`` is the STF reference batch.
+    Objectives regressing onto a DSI part (DSM, MixSM, STFLoss) raise ValueError naming t where
+    sigma(t) = 0: their target divides by sigma(t)^2.
     """
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be a scoremc Objective (DSM(), TSM(), ...), got {type(objective).__name__}")

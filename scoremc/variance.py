@@ -111,7 +111,8 @@ def variance(identity, dist, proc, ts, *, n_outer: int = 1000, n_inner: int = 10
     ----------
     identity : an Identity or a sequence of them (``estimator`` dimension, named by ``.name``).
     dist : a target, or a mapping name -> target (``target`` dimension).
-    proc : the forward process; ``ts`` : times (1-D, in the process's domain).
+    proc : the forward process; ``ts`` : times (1-D, non-empty, in the process's domain, with
+        sigma(t) > 0 and (alpha/sigma^2)^2 finite: else ValueError naming ts).
     n_outer : points x_t ~ p_t per (target, t) for the outer average (standard errors from these).
     n_inner : posterior draws per x_t for nested Monte Carlo, D(t) and the Theorem-2 terms.
     n_samples : sample count of the Monte Carlo estimator whose variance V / n_samples is reported.

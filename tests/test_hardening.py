@@ -261,3 +261,35 @@ def test_mix_weight_outside_unit_interval_is_a_valid_control_variate(gm):
             smc.Mix(bad)
     with pytest.raises(TypeError, match="^w must be"):
         smc.Mix(True)
+
+
+# ---------------------------------------------------------------- empty input: empty results of the right shape
+
+@pytest.mark.parametrize("method", ["__call__", "logpdf", "hessian", "divergence", "dt", "grad_divergence"])
+def test_exact_score_methods_on_empty_rows(gm, method):
+    es = smc.exact_score(gm, smc.VP())
+    out = getattr(es, method)(np.zeros((0, 2)), 0.3)
+    assert out.shape[0] == 0
+
+
+def test_fpe_and_loss_on_empty_rows(gm):
+    es = smc.exact_score(gm, smc.VP())
+    z = np.zeros((0, 2))
+    assert smc.fpe_residual(es, smc.VP(), z, 0.3).shape == (0, 2)
+    assert smc.fpe_operator(es, smc.VP(), z, 0.3).shape == (0, 2)
+    assert smc.loss(smc.DSM(), es, gm, smc.VP(), 0.3, z, z).shape == (0,)
+    assert smc.estimate(smc.DSI(), gm, smc.VP(), 0.3, z, n=2, rng=np.random.default_rng(0)).shape == (0, 2)
+
+
+def test_process_coefficient_overflow_names_t():
+    with pytest.raises(ValueError, match="^t is too large"):
+        smc.EDM().g2(1e308)
+    with pytest.raises(ValueError, match="x"):
+        smc.SubVP().drift(np.array([[1e308, 0.5]]), 0.5)
+
+
+def test_overflowing_integrand_names_w():
+    gm = smc.GaussianMixture([.3, .7], [[0, 1], [2, -1]], [1, .5])
+    with pytest.raises(ValueError, match=r"w\(t\)"):
+        smc.estimate(smc.Mix(lambda t: np.full_like(t, 1e308)), gm, smc.VP(), 0.3, X, n=2,
+                     rng=np.random.default_rng(0))
