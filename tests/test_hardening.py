@@ -276,7 +276,7 @@ def test_fpe_and_loss_on_empty_rows(gm):
     es = smc.exact_score(gm, smc.VP())
     z = np.zeros((0, 2))
     assert smc.fpe_residual(es, smc.VP(), z, 0.3).shape == (0, 2)
-    assert smc.fpe_operator(es, smc.VP(), z, 0.3).shape == (0, 2)
+    assert smc.fpe_operator(es, smc.VP(), z, 0.3).shape == (0,)  # the scalar operator L[s], per row
     assert smc.loss(smc.DSM(), es, gm, smc.VP(), 0.3, z, z).shape == (0,)
     assert smc.estimate(smc.DSI(), gm, smc.VP(), 0.3, z, n=2, rng=np.random.default_rng(0)).shape == (0, 2)
 
