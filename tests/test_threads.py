@@ -126,8 +126,10 @@ def test_full_path_main_thread_equals_other_threads(cases):
 
 @pytest.mark.xfail(strict=False, reason="open (issue 13 report): on the axis-aligned (Empirical) fast path a "
                    "call from the main thread can differ from calls on other threads in ~1.5% of entries "
-                   "(<= 9e-12 relative), already before the block-split fix; not from the BLAS thread count, "
-                   "the block split, FTZ, array alignment or the Numba specialisation (checked)")
+                   "(<= 9e-12 relative), already before this issue's changes. Narrowed down: inside _fast.score "
+                   "the GEMM W (375 x 3000) @ means (3000 x 16), out=..., gets bit-identical inputs in both "
+                   "threads and returns different bits, while the same GEMM in isolation agrees; not the BLAS "
+                   "thread count, block split, FTZ, array alignment or Numba specialisation (all checked)")
 def test_axis_path_main_thread_vs_other_threads(cases):
     es, x, t = cases[1]
     np.testing.assert_array_equal(es(x, t), _in_thread(lambda: es(x, t)))
