@@ -46,7 +46,7 @@ import array_api_compat as aac
 import numpy as np
 
 from ._array import device_of, is_numpy, namespace
-from ._validation import check_finite
+from ._validation import check_finite, named
 
 __all__ = ["stf_target"]
 
@@ -222,14 +222,20 @@ class _Problem:
 
 def _operand(xp, v, name, min_ndim, like, check=True):
     """``v`` as a real floating array of namespace ``xp`` (Python reals stay floats: weak in promotion),
-    checked finite; never converts a tensor to NumPy. ``like``: (device, dtype) for foreign arrays."""
+    checked finite; never converts a tensor to NumPy. ``like``: (device, dtype) for foreign arrays.
+    Any conversion error (a ragged list, a string or object array handed to torch) names ``name``."""
+    with named(name):
+        return _operand_checked(xp, v, name, min_ndim, like, check)
+
+
+def _operand_checked(xp, v, name, min_ndim, like, check):
     if isinstance(v, numbers.Real) and not isinstance(v, bool) and min_ndim == 0:
         if not math.isfinite(v):
             raise ValueError(f"{name} must be finite, got {v}")
         return float(v)
     if not aac.is_array_api_obj(v):
         arr = np.asarray(v)
-        if arr.dtype == object or arr.dtype.kind not in "fiub":
+        if arr.dtype == object or arr.dtype.kind not in "fiu":
             raise TypeError(f"{name} must be a real array, got {type(v).__name__} of dtype {arr.dtype}")
         v = arr.astype(np.float64) if arr.dtype.kind != "f" else arr
     if namespace(v) is not xp:  # NumPy arrays mixed with tensors: to the tensors' namespace
@@ -276,7 +282,8 @@ def _gemm_logits(p):
         out.append(full if p.own is None else xp.concat([full, own[i]], axis=1))
     if not bool(xp.all(xp.isfinite(out[1]))):  # a NaN or infinity in ref reaches its squared norm
         p.check_ref()
-        raise ValueError("the squared norms |alpha x_k| |x_t| / sigma^2 overflow float64; rescale the inputs")
+        raise ValueError("the squared norms |alpha x_k| |x_t| / sigma^2 overflow float64; rescale the inputs "
+                         "(xt, ref, sigma)")
     return tuple(out)
 
 

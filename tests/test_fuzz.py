@@ -38,6 +38,12 @@ X = np.array([[1.0, 0.5], [-0.3, 2.0], [0.0, 0.0], [1.5, -1.0]])
 ES = smc.exact_score(GM, smc.VP())
 
 
+def _nn():
+    import scoremc.nn
+
+    return scoremc.nn
+
+
 def _rng():
     return np.random.default_rng(0)
 
@@ -212,6 +218,12 @@ def _sites():
     add("fpe_residual.t", "t", 0.3, lambda v: smc.fpe_residual(ES, smc.VP(), X, v))
     add("fpe_operator.t", "t", 0.3, lambda v: smc.fpe_operator(ES, smc.VP(), X, v))
     add("curl.x", "x", X, lambda v: smc.curl(ES, v, 0.3))
+    # the torch layer fed NumPy (and the reference layer fed torch): the other direction
+    if torch is not None:
+        ref = torch.zeros(3, 2, dtype=torch.float64)
+        add("nn.stf_target.xt", "xt", X, lambda v: _nn().stf_target(v, 0.5, ref))
+        add("nn.stf_target.sigma", "sigma", 0.5, lambda v: _nn().stf_target(torch.as_tensor(X), v, ref))
+        add("stf_target.ref", "ref", np.zeros((3, 2)), lambda v: smc.stf_target(torch.as_tensor(X), 0.5, v))
     # the testing toolkit (a check must never pass without checking)
     add("assert_score_close.rtol", "rtol", 0.05, lambda v: assert_score_close(ES, GM, smc.VP(), rtol=v, ts=[0.5], n=8))
     add("assert_score_close.ts", "ts", np.array([0.5]), lambda v: assert_score_close(ES, GM, smc.VP(), ts=v, n=8))
