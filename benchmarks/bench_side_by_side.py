@@ -31,6 +31,7 @@ import cases  # noqa: E402
 from bench_exact_score import _loadavg, dgemm_reference, machine_info, write_json_atomic  # noqa: E402
 
 GB = 1 << 30
+SQUARE = "square-dgemm"  # a square float64 GEMM timed in every round of a flop-counted case
 
 
 def time_alternating(contenders: dict, repeats: int) -> dict:
@@ -54,9 +55,16 @@ def time_alternating(contenders: dict, repeats: int) -> dict:
             for k, v in times.items()}
 
 
-def run_case(case: cases.Case, repeats: int, gemm_gflops: float) -> dict:
+def run_case(case: cases.Case, repeats: int, gemm_n: int) -> dict:
     load0 = _loadavg()
-    t = time_alternating(case.contenders, repeats)
+    contenders = dict(case.contenders)
+    if case.flops:  # the machine's GEMM rate, measured in the same rounds (load changes hit it alike)
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((gemm_n, gemm_n)), rng.standard_normal((gemm_n, gemm_n))
+        contenders[SQUARE] = lambda: a @ b
+    t = time_alternating(contenders, repeats)
+    gemm_gflops = 2.0 * gemm_n ** 3 / t[SQUARE]["median_s"] / 1e9 if case.flops else None
+    t.pop(SQUARE, None)
     ref = t[case.reference]["median_s"]
     res = {"case": case.name, "params": case.params, "reference": case.reference, "notes": case.notes,
            "loadavg_before": load0, "timings": t,
@@ -64,6 +72,7 @@ def run_case(case: cases.Case, repeats: int, gemm_gflops: float) -> dict:
     if case.flops:
         res["flops"] = case.flops
         res["gflops"] = {k: case.flops / v["median_s"] / 1e9 for k, v in t.items()}
+        res["square_dgemm_gflops"] = gemm_gflops
         res["fraction_of_square_dgemm"] = {k: g / gemm_gflops for k, g in res["gflops"].items()}
     if case.check:
         res["max_rel_diff"] = case.check()
@@ -114,8 +123,9 @@ def stf_memory(B: int, d: int, ns, limit=8 * GB, B_limit=128) -> dict:
 def markdown(results: dict) -> str:
     lines = []
     for c in results["cases"]:
+        gem = f"; square DGEMM in the same rounds {c['square_dgemm_gflops']:.1f} GFLOP/s" if "flops" in c else ""
         lines.append(f"**{c['case']}** ({', '.join(f'{k}={v}' for k, v in c['params'].items())}; "
-                     f"load {c['loadavg_before'][0]:.1f} -> {c['loadavg_after'][0]:.1f})\n")
+                     f"load {c['loadavg_before'][0]:.1f} -> {c['loadavg_after'][0]:.1f}{gem})\n")
         hdr = "| contender | median (s) | min (s) | time / " + c["reference"] + " |"
         extra = "flops" in c
         if extra:
@@ -170,7 +180,7 @@ def main(argv=None) -> dict:
         for case in built if isinstance(built, list) else [built]:
             if args.only and not any(case.name.startswith(p) for p in args.only):
                 continue
-            r = run_case(case, repeats, gemm)
+            r = run_case(case, repeats, 512 if args.quick else 2048)
             results["cases"].append(r)
             print(f"{case.name}: " + ", ".join(f"{k} {v['median_s']:.3g} s ({r['ratio_over_reference'][k]:.2f}x)"
                                               for k, v in r["timings"].items()), flush=True)
