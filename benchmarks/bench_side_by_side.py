@@ -7,7 +7,7 @@ before and after, and a check that the contenders agree. Peak memory of the STF 
 official broadcast formulation) is measured in fresh processes (``bench_memory.run_case``), and from it
 the bytes per (B n) or (B n d) element and the largest n each handles within 8 GB at B = 128.
 
-    python benchmarks/bench_side_by_side.py            # full sizes (~4 minutes on 2 cores)
+    python benchmarks/bench_side_by_side.py            # full sizes (2-4 minutes on 2 cores)
     python benchmarks/bench_side_by_side.py --quick    # CI sizes (seconds)
 
 Writes ``results/side_by_side.json`` (``side_by_side_quick.json`` with ``--quick``) with machine info.

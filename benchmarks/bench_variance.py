@@ -9,8 +9,8 @@ Part 1, through ``smc.variance`` (xarray; written as netCDF):
   ``n_samples`` = 100 posterior draws (``estimator_variance`` = V / 100), the STF bias (``bias_sq``, split-half)
   and Theorem 2's corrected leading term ``stf_leading``, which predicts STF's V at any n_ref.
 * ``stf``: STF(256) and STF(4096) by nested Monte Carlo (their cost grows with n_ref: 4096 draws per inner
-  sample) on a coarser grid (``--stf-times`` points) under VE, every target, fewer outer/inner points; set
-  beside ``stf_leading / (n_ref - 1)`` from the map.
+  sample) on a coarser grid under VE, every target, fewer outer/inner points; set
+  beside the Theorem-2 prediction ``stf_leading`` (for that n_ref) and the split-half bias^2.
 * ``winners.png``: per process, target x t coloured by the estimator of least V, shaded by its margin
   log10(V_second / V_best); ``winners.md`` the same as a table of the best estimator by t band.
 
@@ -18,7 +18,7 @@ Part 3 (``--no-cost`` skips it): seconds and peak memory (fresh processes) of ``
 50-point sweep per estimator (two-gaussians, VE); time and peak memory against n_outer (linear, flat); time
 with dask schedulers (synchronous, threads, processes; 2 workers).
 
-    python benchmarks/bench_variance.py            # default sizes (~9 minutes on 2 cores)
+    python benchmarks/bench_variance.py            # default sizes (~3-4 minutes on 2 cores)
     python benchmarks/bench_variance.py --quick    # CI sizes (seconds)
 
 Writes ``results/variance_map.nc``, ``variance_stf.nc``, ``winners.png``, ``variance.json`` (``*_quick.*`` with
