@@ -15,7 +15,6 @@ Writes ``results/side_by_side.json`` (``side_by_side_quick.json`` with ``--quick
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
-
 import bench_memory  # noqa: E402
 import cases  # noqa: E402
+import numpy as np  # noqa: E402
 from bench_exact_score import _loadavg, dgemm_reference, machine_info, write_json_atomic  # noqa: E402
 
 GB = 1 << 30

@@ -12,7 +12,7 @@ Part 1, through ``smc.variance`` (xarray; written as netCDF):
   sample) on a coarser grid under VE, every target, fewer outer/inner points; set
   beside the Theorem-2 prediction ``stf_leading`` (for that n_ref) and the split-half bias^2.
 * ``winners.png``: per process, target x t coloured by the estimator of least V, shaded by its margin
-  log10(V_second / V_best); ``winners.md`` the same as a table of the best estimator by t band.
+  log10(V_second / V_best); the same as a Markdown table of the best estimator by t band in ``variance.json``.
 
 Part 3 (``--no-cost`` skips it): seconds and peak memory (fresh processes) of ``scoremc report`` and of a
 50-point sweep per estimator (two-gaussians, VE); time and peak memory against n_outer (linear, flat); time
@@ -27,7 +27,6 @@ Writes ``results/variance_map.nc``, ``variance_stf.nc``, ``winners.png``, ``vari
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -37,14 +36,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_memory  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from bench_exact_score import _loadavg, machine_info, write_json_atomic  # noqa: E402
 
 import scoremc as smc  # noqa: E402
 from scoremc import builtin  # noqa: E402
-
-import bench_memory  # noqa: E402
-from bench_exact_score import _loadavg, machine_info, write_json_atomic  # noqa: E402
 
 SIZES = {
     "full": dict(n_times=50, n_outer=64, n_inner=16, stf_times=10, stf_outer=32, stf_inner=8, stf_nrefs=(256, 4096),
@@ -184,7 +182,6 @@ def winners_table(ds, bands=5) -> str:
     hdr = "| process | target | " + " | ".join(f"t band {i + 1}" for i in range(bands)) + " |"
     lines = [hdr, "|" + "---|" * (bands + 2)]
     for p in ds.process.values:
-        tt = ds.time.sel(process=p).values
         for tg in ds.target.values:
             cells = []
             for a, b in zip(edges[:-1], edges[1:]):
@@ -263,9 +260,11 @@ def run_cost(sz, quick):
 
 def cost_markdown(c) -> str:
     MB = 2 ** 20
-    L = [f"`{c['report']['command']}`: {c['report']['wall_s']:.1f} s, peak RSS {c['report']['peak_rss_bytes'] / MB:.0f} MB"
-         if "report" in c else "`scoremc report`: not run at this size",
-         "", f"{c['sweep_per_estimator']['n_times']}-point sweep per estimator ({c['sweep_per_estimator']['target']}, VE, n_outer = "
+    rep = c.get("report")
+    sw = c["sweep_per_estimator"]
+    L = [f"`{rep['command']}`: {rep['wall_s']:.1f} s, peak RSS {rep['peak_rss_bytes'] / MB:.0f} MB"
+         if rep else "`scoremc report`: not run at this size",
+         "", f"{sw['n_times']}-point sweep per estimator ({sw['target']}, VE, n_outer = "
          f"{c['sweep_per_estimator']['n_outer']}, n_inner = 16; fresh process, after a warm-up):", "",
          "| estimator | wall (s) | peak rise (MB) |", "|---|---|---|"]
     L += [f"| {k} | {v['wall_s']:.2f} | {v['peak_rise_bytes'] / MB:.0f} |"

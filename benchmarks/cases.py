@@ -59,9 +59,8 @@ def _np(v):
 def gmm_case(size="full") -> Case:
     """Exact score of a full-covariance GMM: scoremc vs torch MixtureSameFamily + autograd vs SciPy."""
     import torch
-    from torch import distributions as D
-
     from bench_exact_score import baseline_gmm_score, make_gmm
+    from torch import distributions as D
 
     p = SIZES[size]["gmm"]
     gm, x = make_gmm(p["N"], p["K"], p["d"], seed=SEED)
@@ -98,7 +97,6 @@ def gmm_case(size="full") -> Case:
 def empirical_case(size="full") -> Case:
     """Exact score of a noised Empirical target: scoremc vs torch cdist + softmax (STF-style code)."""
     import torch
-
     from bench_exact_score import make_empirical
 
     p = SIZES[size]["emp"]
@@ -140,7 +138,7 @@ def stf_broadcast(xt, sigma, ref, alpha=1.0):
     references, summed over n."""
     import torch
 
-    B, (n, d) = xt.shape[0], ref.shape
+    B = xt.shape[0]
     refs = (alpha * ref).unsqueeze(0).repeat(B, 1, 1)  # (B, n, d) repeated references
     diff = xt.unsqueeze(1) - refs  # (B, n, d)
     logits = -(diff ** 2).sum(-1) / (2 * sigma ** 2)  # (B, n); sigma (B, 1)
@@ -247,7 +245,8 @@ def train_cases(size="full") -> list[Case]:
     stf = Case("train-step-stf", contenders, reference="DSM", params=p,
                notes="float32 Preconditioned(ScoreMLP) under EDM; ratios are step time / DSM step time")
     q = SIZES[size]["train_fp"]
-    contenders, _ = _train_setup(q, {"DSM": smc.DSM(), "FP-regularised": smc.FPRegularized(derivatives=smc.Hutchinson(1))})
+    fp_objective = smc.FPRegularized(derivatives=smc.Hutchinson(1))
+    contenders, _ = _train_setup(q, {"DSM": smc.DSM(), "FP-regularised": fp_objective})
     fp = Case("train-step-fp", contenders, reference="DSM", params=q,
               notes="float32 Preconditioned(ScoreMLP) under EDM; FPRegularized(derivatives=Hutchinson(1))")
     return [stf, fp]

@@ -12,7 +12,6 @@ wall time of each part), and rewrites the blocks between ``<!-- BEGIN name -->``
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -29,7 +28,6 @@ README = HERE / "README.md"
 
 
 def machine_line(m: dict, load0, load1, wall) -> str:
-    blas = m.get("blas", {})
     return (f"Machine: {m.get('cpu_model') or m.get('platform')}, {m.get('cpus') or m.get('cpu_count')} cores; "
             f"Python {m.get('python')}, NumPy {m.get('numpy')}, torch {m.get('torch', '-')}, "
             f"GPU {m.get('gpu') or 'none'}; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
