@@ -7,10 +7,10 @@ every sigma (float64 GEMM-form logits with a rigorous error bound, and explicit 
 the candidates that bound cannot separate; :mod:`scoremc.stf_target`), differentiable by autograd.
 Tensors keep their dtype and device and are never converted to NumPy.
 
-No torch-only kernel: on the CPU the shared function already runs 8-34x faster than the broadcast
-formulation (B = 16, n = 256-4096, d = 3072, sigma from 0.002 to 80, one thread, medians of 7;
-``tests/test_nn_stf.py`` checks >5x under ``-m slow``), and its time goes to float64 GEMMs and
-elementwise passes that a torch rewrite would issue the same way.
+No torch-only kernel: on the CPU the shared function already runs 27-31x faster than the broadcast
+formulation at 1/12 to 1/64 of its peak memory (B = 16, n = 256-4096, d = 3072, float32;
+``benchmarks/bench_side_by_side.py``, results in ``benchmarks/README.md``), and its time goes to float64
+GEMMs and elementwise passes that a torch rewrite would issue the same way.
 """
 from __future__ import annotations
 
