@@ -14,8 +14,9 @@ from .distributions import Empirical, GaussianMixture, divergence, hessian, logp
 from .noising import ExactScore, Posterior, exact_score, marginal, noised_sample, posterior
 from .analytic import AnalyticScore
 # score identities, Monte Carlo estimates and their variance by noise level
-from .identities import (DSI, STF, TSI, Identity, Kappa, KappaBar, Mix, WeightRule, OptimalMix, PointwiseIdentity,
-                         estimate, integrand_samples, stf_target)
+from .mixture_weights import Kappa, KappaBar, WeightRule
+from .identities import (DSI, STF, TSI, Identity, Mix, OptimalMix, PointwiseIdentity, estimate, integrand_samples,
+                         stf_target)
 from .variance import save_dataset, variance
 # derivative sources
 from .derivatives import Autograd, CentralDifference, DerivativeSource, Divergence, Exact, Hutchinson, Jacobian

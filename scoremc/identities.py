@@ -35,6 +35,7 @@ from . import _random
 from ._blocks import block_rows, map_blocks
 from .distributions import normal_form, sample_parts, score
 from .noising import Posterior, posterior
+from .mixture_weights import Kappa, KappaBar, WeightRule
 from .stf_target import stf_target  # re-exported: the streamed, float32-accurate STF target
 
 __all__ = ["Identity", "PointwiseIdentity", "DSI", "TSI", "Mix", "WeightRule", "Kappa", "KappaBar", "OptimalMix",
@@ -138,44 +139,6 @@ class TSI(PointwiseIdentity):
 
     def trace_cov(self, post):
         return _affine_trace_cov(post, 0.0)
-
-
-class WeightRule(abc.ABC):
-    """A named rule for the DSI weight w_t of a mixture (TSM §4.1), pure arithmetic of the target and
-    (alpha, sigma)."""
-
-    name: ClassVar[str]
-
-    @abc.abstractmethod
-    def __call__(self, dist, coef):
-        """w at the coefficients ``coef`` (arrays shaped like ``coef.alpha``)."""
-
-
-@dataclass(frozen=True)
-class Kappa(WeightRule):
-    """kappa_t = sigma^2 / (sigma^2 + alpha^2 sigma_data^2) (TSM §4.1), sigma_data^2 = tr Cov(p0) / d:
-    the zero-variance DSI weight for a Gaussian target N(0, sigma_data^2 I) (TSM App. C). With the
-    cosine schedule and sigma_data = 1 it is sigma_t^2 (the Phillips et al. mixture, TSM Eq. 9)."""
-
-    name: ClassVar[str] = "kappa"
-
-    def __call__(self, dist, coef):
-        s2 = coef.sigma * coef.sigma
-        return s2 / (s2 + coef.alpha * coef.alpha * dist.sigma_data**2)
-
-
-@dataclass(frozen=True)
-class KappaBar(WeightRule):
-    """kappa-bar_t = sigma^2 / (sigma^2 + alpha^2 sigma_mode^2), sigma_mode^2 = sum_k pi_k tr(Sigma_k) / d,
-    the mixture-averaged component variance (TSM §4.1); 1 (pure DSI) for an ``Empirical``."""
-
-    name: ClassVar[str] = "kappa_bar"
-
-    def __call__(self, dist, coef):
-        G = normal_form(dist)
-        mode_var = float(np.exp(G.log_weights) @ (G.sum_dims(G.var) / G.dim))
-        s2 = coef.sigma * coef.sigma
-        return s2 / (s2 + coef.alpha * coef.alpha * mode_var)
 
 
 @dataclass(frozen=True)
