@@ -21,14 +21,16 @@ import os
 import shutil
 
 import numpy as np
-import torch
 
 from .._io import atomic_path, write_text
 from ..builtin import TARGETS
-from .checkpoint import CONFIG, build_model, build_process, load_checkpoint, read_config
+from .checkpoint import (CONFIG, build_model, build_process, latest_weights_path, load_checkpoint, read_config,
+                         read_weights, with_weights)
+from .evaluate import end_to_end as measure_end_to_end
 from .evaluate import relative_score_error
 
-__all__ = ["load", "ship", "read_card", "recheck", "process_name", "CARD", "EVAL_TIMES"]
+__all__ = ["load", "ship", "measure", "read_card", "read_model_spec", "recheck", "process_name", "CARD", "MODEL",
+           "EVAL_TIMES"]
 
 CARD = "card.json"
 MODEL = "model.json"
@@ -56,14 +58,8 @@ def load(folder, device=None, *, dtype=None):
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder={folder!r} is not a folder")
     if os.path.exists(os.path.join(folder, MODEL)):
-        from safetensors.torch import load_file
-
-        with open(os.path.join(folder, MODEL)) as fh:
-            spec = json.load(fh)
-        model = build_model(spec["model_spec"])
-        weights = load_file(os.path.join(folder, WEIGHTS), device=str(device) if device is not None else "cpu")
-        model = model.to(device=device if device is not None else "cpu", dtype=next(iter(weights.values())).dtype)
-        model.load_state_dict(weights, strict=True)
+        weights = read_weights(os.path.join(folder, WEIGHTS), device)
+        model = with_weights(build_model(read_model_spec(folder)["model_spec"]), weights, device)
     elif os.path.exists(os.path.join(folder, CONFIG)):
         model = load_checkpoint(folder, device)
     else:
@@ -82,22 +78,18 @@ def read_card(folder) -> dict:
         return json.load(fh)
 
 
-def _target_and_process(folder):
-    with open(os.path.join(os.fspath(folder), MODEL)) as fh:
-        spec = json.load(fh)
-    return TARGETS[spec["target"]](), build_process(spec["model_spec"]["process"])
+def read_model_spec(folder) -> dict:
+    """A shipped model folder's ``model.json``: target, process name, objective, model spec, run settings."""
+    path = os.path.join(os.fspath(folder), MODEL)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{folder!r} holds no {MODEL}")
+    with open(path) as fh:
+        return json.load(fh)
 
 
-def _score_errors(model, dist, proc, ts, n, seed) -> dict:
-    ds = relative_score_error(model, dist, proc, ts, n=n, seed=seed)
-    return {"t": [float(t) for t in ds["t"].values], "rel_score_error": ds["rel_error"].values.tolist(),
-            "rel_score_error_se": ds["rel_error_se"].values.tolist(), "sigma": ds["sigma"].values.tolist()}
-
-
-def _end_to_end(model, dist, proc, settings: dict, progress) -> dict:
-    from .evaluate import end_to_end
-
-    return end_to_end(model, dist, proc, progress=progress, **settings)
+def _by_t(ts, values) -> dict:
+    """A card's mapping t -> value (keys with 6 significant digits)."""
+    return {f"{float(t):.6g}": float(v) for t, v in zip(ts, values)}
 
 
 def measure(model, dist, proc, *, n: int = 4096, seed: int = 0, end_to_end: dict | None = None,
@@ -105,10 +97,12 @@ def measure(model, dist, proc, *, n: int = 4096, seed: int = 0, end_to_end: dict
     """What a card records of ``model`` on ``dist`` under ``proc``: the relative score error at
     :data:`EVAL_TIMES` (``n`` draws per time, generator seed ``seed``) and, with ``end_to_end`` settings, the
     end-to-end metrics of :func:`scoremc.nn.evaluate.end_to_end`."""
-    out = _score_errors(model, dist, proc, EVAL_TIMES, n, seed)
-    out["rel_score_error_mean"] = float(np.mean(out["rel_score_error"]))
+    ds = relative_score_error(model, dist, proc, EVAL_TIMES, n=n, seed=seed)
+    out = {"rel_score_error": _by_t(ds["t"].values, ds["rel_error"].values),
+           "rel_score_error_se": _by_t(ds["t"].values, ds["rel_error_se"].values),
+           "sigma": ds["sigma"].values.tolist(), "rel_score_error_mean": float(ds["rel_error"].mean())}
     if end_to_end is not None:
-        out["end_to_end"] = _end_to_end(model, dist, proc, end_to_end, progress)
+        out["end_to_end"] = measure_end_to_end(model, dist, proc, progress=progress, **end_to_end)
     return out
 
 
@@ -125,14 +119,10 @@ def ship(run, folder, *, name: str, recipe: str, n: int = 4096, seed: int = 0, e
                          "`scoremc train --target NAME` can be shipped with a card")
     if config.get("model_spec") is None:
         raise ValueError(f"the run in {run!r} trained a module that load() cannot rebuild")
-    model = load(run)
     dist, proc = TARGETS[target](), build_process(config["process"])
     os.makedirs(folder, exist_ok=True)
-    from .checkpoint import _latest
-
-    _, step_folder = _latest(run)
     with atomic_path(os.path.join(folder, WEIGHTS)) as tmp:
-        shutil.copyfile(os.path.join(step_folder, "ema.safetensors"), tmp)
+        shutil.copyfile(latest_weights_path(run, "ema"), tmp)
     spec = {"name": name, "target": target, "process": process_name(proc), "objective": config["objective"],
             "model_spec": config["model_spec"], "data": config["data"], "settings": config["settings"],
             "t_range": config["t_range"], "versions": config["versions"],
@@ -143,10 +133,7 @@ def ship(run, folder, *, name: str, recipe: str, n: int = 4096, seed: int = 0, e
     measured = measure(load(folder), dist, proc, n=n, seed=seed, end_to_end=end_to_end, progress=progress)
     card = {"name": name, "target": target, "process": spec["process"], "process_spec": config["process"],
             "objective": config["objective"], "steps": config["settings"]["steps"],
-            "eval": {"n": n, "seed": seed, "end_to_end": end_to_end},
-            **{k: v for k, v in measured.items() if k not in ("t", "rel_score_error", "rel_score_error_se")},
-            "rel_score_error": {f"{t:.6g}": v for t, v in zip(measured["t"], measured["rel_score_error"])},
-            "rel_score_error_se": {f"{t:.6g}": v for t, v in zip(measured["t"], measured["rel_score_error_se"])}}
+            "eval": {"n": n, "seed": seed, "end_to_end": end_to_end}, **measured}
     write_text(os.path.join(folder, CARD), json.dumps(card, indent=1) + "\n")
     _write_markdown(folder, card, dist, proc)
     return card
@@ -156,12 +143,12 @@ def recheck(folder, *, end_to_end: bool = True, progress=False) -> tuple[dict, d
     """Re-measure a model folder's card with the card's own settings: (card, measured), the measured dict in
     the card's layout (``rel_score_error`` keyed by t)."""
     card = read_card(folder)
-    dist, proc = _target_and_process(folder)
+    spec = read_model_spec(folder)
+    dist, proc = TARGETS[spec["target"]](), build_process(spec["model_spec"]["process"])
     settings = card["eval"]
     e2e = settings.get("end_to_end") if end_to_end else None
-    m = measure(load(folder), dist, proc, n=settings["n"], seed=settings["seed"], end_to_end=e2e, progress=progress)
-    m["rel_score_error"] = {f"{t:.6g}": v for t, v in zip(m.pop("t"), m["rel_score_error"])}
-    return card, m
+    return card, measure(load(folder), dist, proc, n=settings["n"], seed=settings["seed"], end_to_end=e2e,
+                         progress=progress)
 
 
 def _write_markdown(folder, card: dict, dist, proc) -> None:

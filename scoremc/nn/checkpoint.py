@@ -31,8 +31,8 @@ from ..processes import PROCESSES, Process
 from .models import Preconditioned, ScoreMLP
 
 __all__ = ["CONFIG", "LATEST", "write_config", "read_config", "save_checkpoint", "load_state", "has_checkpoint",
-           "load_checkpoint", "model_spec", "build_model", "process_spec", "build_process", "check_resume",
-           "concat_evals", "save_evals", "load_evals"]
+           "load_checkpoint", "with_weights", "read_weights", "latest_weights_path", "model_spec", "build_model",
+           "process_spec", "build_process", "check_resume", "concat_evals", "save_evals", "load_evals"]
 
 CONFIG = "config.json"
 LATEST = "checkpoint.json"
@@ -147,9 +147,14 @@ def _latest(out) -> tuple[int, str]:
 
 
 def _weights(folder, which: str, device) -> dict:
+    return read_weights(os.path.join(folder, f"{which}.safetensors"), device)
+
+
+def read_weights(path, device=None) -> dict:
+    """A safetensors state dict, its tensors on ``device`` (default CPU)."""
     from safetensors.torch import load_file
 
-    return load_file(os.path.join(folder, f"{which}.safetensors"), device=str(device) if device is not None else "cpu")
+    return load_file(path, device=str(device) if device is not None else "cpu")
 
 
 def load_state(out, device=None) -> dict:
@@ -182,10 +187,22 @@ def load_checkpoint(folder, device=None, *, ema: bool = True, model=None):
         model = build_model(run["model_spec"])
     elif not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return with_weights(model, weights, device)
+
+
+def with_weights(model, weights: dict, device=None):
+    """``model`` moved to ``device`` (default CPU) and the weights' dtype, the state dict ``weights`` loaded
+    strictly (every name and shape must match), in eval mode."""
     dtype = next(iter(weights.values())).dtype if weights else None
     model = model.to(device=device if device is not None else "cpu", dtype=dtype)
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def latest_weights_path(out, which: str = "ema") -> str:
+    """The path of the latest committed checkpoint's ``which`` ("ema" or "model") safetensors file."""
+    _, folder = _latest(out)
+    return os.path.join(folder, f"{which}.safetensors")
 
 
 # -- resuming ----------------------------------------------------------------------------------------------------

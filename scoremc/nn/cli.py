@@ -177,13 +177,11 @@ def cmd_train(args) -> int:
 def _run_defaults(folder: str, target: str | None, process: str | None):
     """(target name, process) from the arguments, else from the folder: a run's config.json (``meta.target``,
     ``process``) or a shipped model's model.json (``target``, ``model_spec.process``)."""
-    from .card import MODEL
+    from .card import MODEL, read_model_spec
     from .checkpoint import CONFIG, build_process, read_config
 
-    shipped = os.path.join(folder, MODEL)
-    if os.path.exists(shipped):
-        with open(shipped) as fh:
-            spec = json.load(fh)
+    if os.path.exists(os.path.join(folder, MODEL)):
+        spec = read_model_spec(folder)
         run = {"meta": {"target": spec["target"]}, "process": spec["model_spec"]["process"]}
     else:
         try:
