@@ -16,7 +16,7 @@ import numpy as np
 
 from ._array import default_float, device_of, is_numpy, namespace
 
-__all__ = ["as_float_array", "as_array", "as_points", "as_count", "as_real", "check_finite", "as_generator",
+__all__ = ["as_float_array", "as_array", "as_points", "as_count", "as_real", "as_real_in", "check_finite", "as_generator",
            "check_process", "scalar_time", "call_score", "check_callable", "as_coefficient", "check_result", "named",
            "mentions"]
 
@@ -157,6 +157,24 @@ def as_real(value, name: str) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def as_real_in(value, name: str, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
+               optional: bool = False, allow_inf: bool = False):
+    """A real setting (a learning rate, a tolerance, a sampler constant) as a Python float inside the interval
+    from ``lo`` to ``hi`` (either end None: unbounded; ``lo_open``/``hi_open``: excluded). A non-number, a
+    boolean, NaN or an infinity (+inf too unless ``allow_inf``) raises TypeError; a value outside the interval
+    ValueError; both name ``name``. ``optional``: None passes through."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value) \
+            or (np.isinf(value) and not (allow_inf and value > 0)):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
+            (hi is not None and (value >= hi if hi_open else value > hi)):
+        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
+                         f"got {value!r}")
+    return float(value)
 
 
 def as_count(n, name: str, *, minimum: int = 1) -> int:

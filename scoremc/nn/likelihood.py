@@ -13,12 +13,11 @@ which is O(sigma(t_lo)^2) (e.g. ~1e-4 per unit curvature for VP at t_lo = 1e-3; 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable
 
 import torch
 
-from .._validation import check_process
+from .._validation import as_real_in, check_process
 from ..derivatives import Autograd, DerivativeSource, Exact, Hutchinson, resolve
 from ..analytic import AnalyticScore
 from ..distributions import GaussianMixture, logpdf
@@ -31,12 +30,6 @@ __all__ = ["log_likelihood", "EXACT_DIVERGENCE_MAX_DIM", "ADAPTIVE_METHODS"]
 EXACT_DIVERGENCE_MAX_DIM = 16
 #: torchdiffeq's adaptive Runge-Kutta solvers: the ones that take ``step_t`` and ``first_step``
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-
-
-def _tolerance(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _divergence_source(divergence, model, dim):
@@ -117,9 +110,8 @@ def log_likelihood(model, proc, x, *, t_range=None, divergence: DerivativeSource
                         f"callable log pi(x) -> (N,) or None, got {type(prior).__name__}")
     if isinstance(prior, GaussianMixture) and prior.dim != d:
         raise ValueError(f"prior has dimension {prior.dim}, x has {d}")
-    if isinstance(sigma_data, bool) or not isinstance(sigma_data, numbers.Real) or not 0 < sigma_data < math.inf:
-        raise ValueError(f"sigma_data must be a positive finite number, got {sigma_data!r}")
-    rtol, atol = _tolerance(rtol, "rtol"), _tolerance(atol, "atol")
+    sigma_data = as_real_in(sigma_data, "sigma_data", 0, lo_open=True)
+    rtol, atol = as_real_in(rtol, "rtol", 0, lo_open=True), as_real_in(atol, "atol", 0, lo_open=True)
     if method not in ADAPTIVE_METHODS:
         raise ValueError(f"method must be one of torchdiffeq's adaptive solvers {ADAPTIVE_METHODS}, got {method!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -25,19 +24,10 @@ import numpy as np
 import torch
 
 from ..noise_levels import karras_sigmas
-from .._validation import as_count, check_process
+from .._validation import as_count, as_real_in, check_process
 from .data import check_t_range, default_t_range
 
 __all__ = ["Sampler", "EulerMaruyama", "Heun", "PredictorCorrector", "sample", "pf_ode_drift", "prior_variance"]
-
-
-def _positive(value, name, *, allow_zero=False, allow_inf=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) \
-            or (math.isinf(value) and not allow_inf):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value!r}")
-    return float(value)
 
 
 def _coefficients(proc, ts):
@@ -157,7 +147,7 @@ class PredictorCorrector(Sampler):
     def __post_init__(self):
         self._check_steps()
         as_count(self.corrector_steps, "corrector_steps", minimum=0)
-        _positive(self.snr, "snr")
+        as_real_in(self.snr, "snr", 0, lo_open=True)
 
     def run(self, score, proc, x, t_range, gen, tick):
         ts, alpha, _, g2, f = _em_grid(proc, self.steps, t_range)
@@ -205,11 +195,11 @@ class Heun(Sampler):
 
     def __post_init__(self):
         self._check_steps()
-        _positive(self.rho, "rho")
-        _positive(self.churn, "churn", allow_zero=True)
-        _positive(self.s_tmin, "s_tmin", allow_zero=True)
-        _positive(self.s_tmax, "s_tmax", allow_inf=True)
-        _positive(self.s_noise, "s_noise", allow_zero=True)
+        as_real_in(self.rho, "rho", 0, lo_open=True)
+        as_real_in(self.churn, "churn", 0)
+        as_real_in(self.s_tmin, "s_tmin", 0)
+        as_real_in(self.s_tmax, "s_tmax", 0, lo_open=True, allow_inf=True)
+        as_real_in(self.s_noise, "s_noise", 0)
 
     @property
     def stochastic(self) -> bool:
@@ -318,7 +308,7 @@ def sample(model, proc, sampler: Sampler | None = Heun(), *, n: int | None = Non
     proc = check_process(proc)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    sigma_data = _positive(sigma_data, "sigma_data")
+    sigma_data = as_real_in(sigma_data, "sigma_data", 0, lo_open=True)
     t_range = default_t_range(proc) if t_range is None else check_t_range(proc, t_range)
     n, dim, device, dtype = _device_and_dtype(x_T, n, dim, generator, device, dtype)
     if generator is None:

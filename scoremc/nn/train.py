@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import __version__
-from .._validation import as_count, check_process
+from .._validation import as_count, as_real_in, check_process
 from ..objectives import Objective, loss
 from ..weighting import Weighting
 from . import checkpoint as ckpt
@@ -44,18 +43,6 @@ _RESUMABLE = ("steps", "eval_every", "checkpoint_every")
 
 def _int(value, name, minimum):
     return as_count(value, name, minimum=minimum)
-
-
-def _real(value, name, lo=None, hi=None, *, lo_open=False, hi_open=False, optional=False):
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
-            (hi is not None and (value >= hi if hi_open else value > hi)):
-        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
-                         f"got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -106,11 +93,11 @@ class TrainConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - normalising a frozen instance
         _int(self.steps, "steps", 1)
         _int(self.batch_size, "batch_size", 1)
-        _real(self.lr, "lr", 0, lo_open=True)
+        as_real_in(self.lr, "lr", 0, lo_open=True)
         if self.lr_ref_steps is not None:
             _int(self.lr_ref_steps, "lr_ref_steps", 1)
-        _real(self.ema, "ema", 0, 1, hi_open=True)
-        _real(self.grad_clip, "grad_clip", 0, lo_open=True, optional=True)
+        as_real_in(self.ema, "ema", 0, 1, hi_open=True)
+        as_real_in(self.grad_clip, "grad_clip", 0, lo_open=True, optional=True)
         if not isinstance(self.times, TimeSampler):
             raise TypeError(f"times must be a TimeSampler (UniformTimes(), LogNormalSigmas(), ImportanceTimes(w)), "
                             f"got {type(self.times).__name__}")
@@ -127,7 +114,7 @@ class TrainConfig:
                 raise TypeError(f"t_range must be a pair of numbers, got {self.t_range!r}") from None
             if len(self.t_range) != 2:
                 raise ValueError(f"t_range must be a pair (t_lo, t_hi), got {self.t_range!r}")
-        _real(self.t_eps, "t_eps", 0, optional=True)
+        as_real_in(self.t_eps, "t_eps", 0, optional=True)
         _int(self.seed, "seed", 0)
         dtype = {v: k for k, v in _DTYPES.items()}.get(self.dtype, self.dtype)
         if dtype not in _DTYPES:
