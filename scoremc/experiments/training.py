@@ -13,12 +13,11 @@ names, for each experiment, the module that runs it:
   engine (:mod:`scoremc.experiments.local_stf`) and in training (:mod:`scoremc.nn.experiments.local_reference`).
 
 This module does not import torch (the command imports it when it runs); ``scoremc experiments
-all`` runs every available experiment.
+all`` runs every experiment.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from .._io import write_text
 from ..variance import save_dataset
 from .training_claims import REASONS
 
-__all__ = ["EXPERIMENTS", "Experiment", "add_parser", "available", "write_outputs"]
+__all__ = ["EXPERIMENTS", "Experiment", "add_parser", "write_outputs"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +51,6 @@ EXPERIMENTS = {
 }
 
 
-def available(name: str) -> bool:
-    """Whether the module of experiment ``name`` exists (found without importing it, so without torch)."""
-    return importlib.util.find_spec(EXPERIMENTS[name].module) is not None
-
-
 def write_outputs(ds, claims, out_dir, stem: str, title: str, notes: str, plot) -> dict:
     """Write ``stem.nc`` (atomic), ``stem.png`` (``plot(ds, path)``) and ``stem.md`` (title, notes, the claims
     table computed from ``ds``) into ``out_dir``; returns the paths."""
@@ -75,11 +69,7 @@ def write_outputs(ds, claims, out_dir, stem: str, title: str, notes: str, plot) 
 
 
 def _cmd(args) -> int:
-    names = [n for n in EXPERIMENTS if available(n)] if args.name == "all" else [args.name]
-    if not available(names[0]):
-        print(f"scoremc experiments: {names[0]!r} is registered but its module {EXPERIMENTS[names[0]].module} "
-              "is not in this tree yet")
-        return 2
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     from ..nn import experiments  # imports torch: only when the command runs (tests/test_nn_cli.py)
 
     for name in names:
@@ -98,7 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("experiments", help="the training experiments of the seed papers at CPU scale "
                               "(TSM Fig. 5, FP-Diffusion §6.2, STF n_ref): netCDF + PNG + Markdown with claims",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="which experiment (all: every available one)")
+    p.add_argument("name", choices=[*EXPERIMENTS, "all"], help="which experiment (all: every one)")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default results/NAME; with all, "
                    "DIR/NAME for each)")
     p.add_argument("--quick", action="store_true", help="a CI-sized run (seconds) instead of the default (minutes)")
