@@ -172,6 +172,16 @@ def _add_train_parser(sub) -> None:
     tr.set_defaults(run=_torch_command("cmd_train"))
 
 
+def _add_measurement_options(parser, *, n: int, samples: int, n_likelihood: int) -> None:
+    """The sizes and seed of a measurement against the exact layer (``scoremc evaluate`` and ``scoremc ship``)."""
+    parser.add_argument("--n", type=int, default=n, help="exact x_t draws per noise level (default %(default)s)")
+    parser.add_argument("--samples", type=int, default=samples, help="model and exact samples for MMD / sliced "
+                        "Wasserstein (default %(default)s)")
+    parser.add_argument("--n-likelihood", type=int, default=n_likelihood, help="points of the KL estimate "
+                        "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _add_ship_parser(sub) -> None:
     sh = sub.add_parser("ship", help="make a model folder (models/NAME) from a `scoremc train` run: weights, recipe "
                         "and a card of measured errors", description=(
@@ -181,11 +191,7 @@ def _add_ship_parser(sub) -> None:
                             "[0.05, 1], and the end-to-end metrics of scoremc.nn.evaluate). Needs the torch extra."))
     sh.add_argument("run_dir", metavar="RUN", help="a `scoremc train --target NAME` run folder")
     sh.add_argument("out", metavar="OUT", help="the model folder to write (e.g. models/dsm-fp-gmm)")
-    sh.add_argument("--n", type=int, default=4096, help="exact x_t draws per noise level (default %(default)s)")
-    sh.add_argument("--samples", type=int, default=4000, help="model and exact samples for MMD / sliced Wasserstein "
-                    "(default %(default)s)")
-    sh.add_argument("--n-likelihood", type=int, default=500, help="points of the KL estimate (default %(default)s)")
-    sh.add_argument("--seed", type=int, default=0)
+    _add_measurement_options(sh, n=4096, samples=4000, n_likelihood=500)
     sh.set_defaults(run=_torch_command("cmd_ship"))
 
 
@@ -201,13 +207,10 @@ def _add_evaluate_parser(sub) -> None:
     ev.add_argument("--target", choices=sorted(TARGETS), default=None, help="default: the run's target")
     ev.add_argument("--process", choices=sorted(PROCESS_NAMES), default=None,
                     help="default: the run's process (with its parameters)")
-    ev.add_argument("--n", type=int, default=2048, help="exact draws of x_t per noise level (default %(default)s)")
-    ev.add_argument("--samples", type=int, default=2048, help="model and exact samples compared (default %(default)s)")
-    ev.add_argument("--n-likelihood", type=int, default=256, help="points of the KL estimate (default %(default)s)")
+    _add_measurement_options(ev, n=2048, samples=2048, n_likelihood=256)
     ev.add_argument("--no-likelihood", action="store_true", help="skip the PF-ODE likelihood (KL)")
     ev.add_argument("--prior", choices=("exact", "gaussian"), default="exact", help="start the sampler (and end the "
                     "likelihood) at the exact p_T (the score's error alone) or the Gaussian prior (default %(default)s)")
-    ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default cpu)")
     ev.add_argument("--out", default=None, help="output folder (default DIR)")
     ev.set_defaults(run=_torch_command("cmd_evaluate"))

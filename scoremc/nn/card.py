@@ -69,22 +69,22 @@ def load(folder, device=None, *, dtype=None):
     return model.eval()
 
 
-def read_card(folder) -> dict:
-    """A model folder's ``card.json``."""
-    path = os.path.join(os.fspath(folder), CARD)
+def _read_json(folder, name: str) -> dict:
+    path = os.path.join(os.fspath(folder), name)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder!r} holds no {CARD}")
+        raise FileNotFoundError(f"{folder!r} holds no {name}")
     with open(path) as fh:
         return json.load(fh)
+
+
+def read_card(folder) -> dict:
+    """A model folder's ``card.json``."""
+    return _read_json(folder, CARD)
 
 
 def read_model_spec(folder) -> dict:
     """A shipped model folder's ``model.json``: target, process name, objective, model spec, run settings."""
-    path = os.path.join(os.fspath(folder), MODEL)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder!r} holds no {MODEL}")
-    with open(path) as fh:
-        return json.load(fh)
+    return _read_json(folder, MODEL)
 
 
 def _by_t(ts, values) -> dict:
