@@ -15,7 +15,9 @@ import array_api_compat as aac
 import array_api_compat.numpy as np_xp
 import numpy as np
 
-__all__ = ["namespace", "is_numpy", "device_of", "default_float", "logsumexp", "matvec", "outer_sum",
+from . import _blas
+
+__all__ = ["namespace", "is_numpy", "device_of", "default_float", "logsumexp", "matmul", "matvec", "outer_sum",
            "to_numpy", "np_xp"]
 
 
@@ -49,17 +51,26 @@ def logsumexp(a, axis: int = -1):
     return xp.log(xp.sum(xp.exp(a - m), axis=axis)) + xp.squeeze(m, axis=axis)
 
 
+def matmul(a, b):
+    """``a @ b`` in the inputs' namespace. On NumPy it is :func:`._blas.matmul`: every product on one
+    BLAS thread, so the bits do not depend on the BLAS thread count or on other threads (issue 13);
+    the reference layer writes its products with this, never with ``@``."""
+    if aac.is_numpy_array(a) and aac.is_numpy_array(b):
+        return _blas.matmul(a, b)
+    return namespace(a, b).matmul(a, b)
+
+
 def matvec(A, v):
     """A v over leading batch dims: A (..., i, j), v (..., j) -> (..., i) (einsum-free, as the array
     API has no einsum)."""
-    return (A @ v[..., None])[..., 0]
+    return matmul(A, v[..., None])[..., 0]
 
 
 def outer_sum(r, u, v=None):
     """sum_k r_k u_k v_k^T: r (..., K), u, v (..., K, d) -> (..., d, d)."""
     v = u if v is None else v
     xp = namespace(u)
-    return xp.matrix_transpose(r[..., None] * u) @ v
+    return matmul(xp.matrix_transpose(r[..., None] * u), v)
 
 
 def to_numpy(x) -> np.ndarray:

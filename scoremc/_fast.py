@@ -8,8 +8,8 @@ log-sum-exp); no (n, K, d) temporary is built. Full covariances: one GEMM per co
 with a running log-sum-exp (:func:`._kernels.full_step`) so memory stays O(n d).
 
 Everything that depends only on the mixture (precisions, scaled means, norms) is computed once
-per call, not per row block. Rows are processed in blocks by :func:`._gaussians.map_row_blocks`
-(a thread pool with one BLAS thread per block when BLAS has several threads). Results equal
+per call, not per row block. Rows are processed in blocks by :func:`._blocks.map_row_blocks`
+(a thread pool; every product on one BLAS thread, by :func:`._blas.matmul`). Results equal
 the plain NumPy path of :mod:`._dense` to round-off (tests/test_scores.py).
 """
 from __future__ import annotations
@@ -17,7 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels as _k
-from ._gaussians import Gaussians, map_row_blocks
+from ._blas import matmul
+from ._blocks import map_row_blocks
+from ._gaussians import Gaussians
 
 #: float64 temporaries of one axis-path block (32 MiB; each worker of the pool holds one)
 _AXIS_BUDGET = 1 << 22
@@ -65,8 +67,8 @@ def _axis_map(G, x, setup, mode, finish, grid=None):
 
     def work(start, stop, scratch):
         xb = x[start:stop]
-        W = np.matmul(xb, M.T, out=None if grid is None else grid[start:stop])
-        xx = np.einsum("nd,nd->n", xb, xb)[:, None] if iso else (xb * xb) @ prec.T
+        W = matmul(xb, M.T, out=None if grid is None else grid[start:stop])
+        xx = np.einsum("nd,nd->n", xb, xb)[:, None] if iso else matmul(xb * xb, prec.T)
         lse, rowsum = np.empty(len(xb)), np.empty(len(xb))
         _k.axis_weights(W, xx, mm, base, xb, means, prec, mode, lse, rowsum)
         finish(slice(start, stop), W, lse, rowsum, xb)
@@ -80,7 +82,7 @@ def _axis_map(G, x, setup, mode, finish, grid=None):
 def _full_precisions(G: Gaussians) -> np.ndarray:
     """P_k = Q_k diag(1/var_k) Q_k^T, shape (K, d, d), as one batched GEMM."""
     Q = G.basis
-    return (Q * (1.0 / G.var)[:, None, :]) @ Q.transpose(0, 2, 1)
+    return matmul(Q * (1.0 / G.var)[:, None, :], Q.transpose(0, 2, 1))
 
 
 def _buffers(scratch, c, d, names):
@@ -123,9 +125,9 @@ def _full_online(G, x, want, prior=None, alpha=0.0):
         acc[...] = 0.0
         np.subtract(xb, means[0], out=D)
         for k in range(K):
-            np.matmul(D, P[k], out=Y)
+            matmul(D, P[k], out=Y)
             if gain is not None:
-                np.matmul(D, gain[k], out=V)
+                matmul(D, gain[k], out=V)
             # full_step leaves D = x - m_{k+1} for the next GEMM (one pass over the block fewer)
             _k.full_step(D, Y, V, shift[k], scale, base[k], m, total, acc, xb, means[k + 1] if k + 1 < K else none)
         np.log(total, out=lse[start:stop])
@@ -150,7 +152,7 @@ def _full_log_weights(G, x, normalise):
         D, Y = _buffers(scratch, len(xb), d, ("D", "Y"))
         for k in range(G.n_components):
             np.subtract(xb, G.means[k], out=D)
-            np.matmul(D, P[k], out=Y)
+            matmul(D, P[k], out=Y)
             _k.full_logits(D, Y, base[k], Lb[:, k])
         m = Lb.max(axis=1, keepdims=True)
         lse[start:stop] = np.log(np.exp(Lb - m).sum(axis=1)) + m[:, 0]
@@ -211,13 +213,13 @@ def score(G, x):
     setup = M, _, prec, _ = _axis_setup(G)
     if G.isotropic:  # sum_k r_k p_k (m_k - x) = (r p) @ M - x sum_k r_k p_k: no pass for r @ p
         def finish(rows, W, lse, rowsum, xb):
-            o = np.matmul(W, M, out=out[rows])
+            o = matmul(W, M, out=out[rows])
             o -= xb * rowsum[:, None]
         mode = _k.WEIGHTS_TIMES_PREC
     else:  # diagonal: sum_k r_k P_k m_k - x * sum_k r_k p_k, M = P_k m_k
         def finish(rows, W, lse, rowsum, xb):
-            o = np.matmul(W, M, out=out[rows])
-            o -= xb * (W @ prec)
+            o = matmul(W, M, out=out[rows])
+            o -= xb * matmul(W, prec)
         mode = _k.WEIGHTS
     _axis_map(G, x, setup, mode, finish)
     return out
@@ -238,8 +240,8 @@ def posterior_mean(G, x, prior, alpha, sigma):
     out = np.empty(x.shape)
 
     def finish(rows, W, lse, rowsum, xb):
-        o = np.matmul(W, mu_p, out=out[rows])
-        o += xb * (W @ lam_p)
+        o = matmul(W, mu_p, out=out[rows])
+        o += xb * matmul(W, lam_p)
 
     _axis_map(G, x, setup, _k.WEIGHTS, finish)
     return out

@@ -12,7 +12,7 @@ Full covariances (:func:`full_step`, :func:`full_logits`): BLAS forms Y = (x - m
 block of rows; the kernel does everything else for that component in one pass over the block.
 
 All kernels are serial and release the GIL: the caller runs row blocks on a thread pool, one
-BLAS thread per block (``_gaussians.map_row_blocks``). ``parallel=True`` did not pay on the
+BLAS thread per block (``_blocks.map_row_blocks``). ``parallel=True`` did not pay on the
 benchmark machine (2 shared cores; GMM score N = 1e5, K = 16, d = 64; medians of 7 alternating
 runs at load ~3): a ``parallel=True`` full_step between 2-thread GEMMs took 8.8 s, a serial one
 1.9 s, the thread pool with serial kernels 0.37 s. Numba's OpenMP workers and OpenBLAS's threads

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._array import LOG_2PI, device_of, logsumexp, namespace, outer_sum
+from ._array import LOG_2PI, device_of, logsumexp, matmul, namespace, outer_sum
 from ._gaussians import Gaussians, no_density_message
 
 __all__ = ["terms", "map_rows", "logpdf", "log_responsibilities", "score", "hessian", "divergence",
@@ -130,7 +130,7 @@ def _weighted_precision(P, T):
     if P.basis is None:
         diag = xp.sum(xp.broadcast_to(rp, T.u.shape), axis=1)  # (n, d)
         return xp.eye(P.dim, dtype=T.u.dtype, device=device_of(T.u)) * diag[:, None, :]
-    return xp.sum((P.basis * rp[:, :, None, :]) @ xp.matrix_transpose(P.basis), axis=1)
+    return xp.sum(matmul(P.basis * rp[:, :, None, :], xp.matrix_transpose(P.basis)), axis=1)
 
 
 def _hessian(P, x, a, s):
@@ -248,11 +248,11 @@ def _posterior_cov(P, x, a, s):
     m = _component_means(P, T, a, xp)
     c = m - xp.sum(T.r[..., None] * m, axis=1)[:, None, :]
     rg = T.r[..., None] * (P.var * _c3(s, xp) ** 2 * T.prec)  # r_k times the posterior eigenvalues, (n, K, 1|d)
-    between = xp.matrix_transpose(T.r[..., None] * c) @ c  # sum_k r_k c_k c_k^T as one batched GEMM
+    between = matmul(xp.matrix_transpose(T.r[..., None] * c), c)  # sum_k r_k c_k c_k^T as one batched GEMM
     if P.basis is None:
         diag = xp.sum(xp.broadcast_to(rg, c.shape), axis=1)
         return between + xp.eye(P.dim, dtype=c.dtype, device=device_of(c)) * diag[:, None, :]
-    return between + xp.sum((P.basis * rg[:, :, None, :]) @ xp.matrix_transpose(P.basis), axis=1)
+    return between + xp.sum(matmul(P.basis * rg[:, :, None, :], xp.matrix_transpose(P.basis)), axis=1)
 
 
 def posterior_cov(P, x, alpha, sigma):

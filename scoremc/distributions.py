@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _fast, _random, _reference
-from ._array import default_float, device_of, is_numpy, namespace, to_numpy
+from ._array import default_float, device_of, is_numpy, matmul, namespace, to_numpy
 from ._gaussians import Gaussians
 from ._validation import as_count, as_float_array, as_generator, as_points, check_result
 
@@ -144,8 +144,8 @@ class _Target:
         the sigma_data that kappa (TSM §4.1) and the preconditionings are built around."""
         G = self._parts
         w = np.exp(G.log_weights)
-        centred = G.means - w @ G.means
-        total = w @ (G.sum_dims(G.var) + (centred * centred).sum(-1))  # law of total variance, traced
+        centred = G.means - matmul(w, G.means)
+        total = matmul(w, G.sum_dims(G.var) + (centred * centred).sum(-1))  # law of total variance, traced
         return float(np.sqrt(total / self.dim))
 
 
@@ -198,17 +198,20 @@ class GaussianMixture(_Target):
 
     def mean(self) -> np.ndarray:
         """Mean of the mixture, shape (d,)."""
-        return self.weights @ self.means
+        return matmul(self.weights, self.means)
 
     def cov(self) -> np.ndarray:
         """Covariance of the mixture (law of total covariance), shape (d, d)."""
         G = self._parts
         centred = self.means - self.mean()
-        between = centred.T @ (self.weights[:, None] * centred)
+        between = matmul(centred.T, self.weights[:, None] * centred)
         wvar = self.weights[:, None] * np.broadcast_to(G.var, (self.n_components, self.dim))
         if G.basis is None:  # iso/diag: the within part is diagonal; no (K, d, d) array
             return between + np.diag(wvar.sum(0))
-        return between + np.einsum("kij,kj,klj->il", G.basis, wvar, G.basis, optimize=True)
+        # sum_k Q_k diag(w_k var_k) Q_k^T as one (d, K d) x (K d, d) product
+        d = self.dim
+        left = (G.basis * wvar[:, None, :]).transpose(1, 0, 2).reshape(d, -1)
+        return between + matmul(left, G.basis.transpose(0, 2, 1).reshape(-1, d))
 
     def __repr__(self):
         return f"GaussianMixture(K={self.n_components}, d={self.dim}, covs={self.cov_kind!r})"
@@ -249,7 +252,7 @@ class Empirical(_Target):
 
     def cov(self) -> np.ndarray:
         centred = self.points - self.mean()
-        return centred.T @ centred / self.n_components
+        return matmul(centred.T, centred) / self.n_components
 
     def __repr__(self):
         return f"Empirical(K={self.n_components}, d={self.dim})"
@@ -374,7 +377,7 @@ def sample_parts(G: Gaussians, shape, rng, dtype=None, rows_axis: int = 0):
         bounds = np.searchsorted(k_np[order], np.arange(G.n_components + 1))
         idx = xp.asarray(order, device=device_of(z))
         zs = z[idx]
-        blocks = [zs[bounds[j]:bounds[j + 1]] @ xp.matrix_transpose(H.basis[j])
+        blocks = [matmul(zs[bounds[j]:bounds[j + 1]], xp.matrix_transpose(H.basis[j]))
                   for j in range(G.n_components) if bounds[j + 1] > bounds[j]]
         z = xp.concat(blocks, axis=0)[xp.asarray(np.argsort(order), device=device_of(z))]
     return xp.reshape(z + xp.take(H.means, k, axis=0), shape + (G.dim,))

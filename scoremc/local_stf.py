@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _random
-from ._array import device_of, namespace
+from ._array import device_of, matmul, namespace
 from ._blocks import block_rows
 from ._validation import as_count, as_generator
 from .distributions import Empirical
@@ -131,7 +131,7 @@ def _build(Y: np.ndarray, k: int) -> NeighbourGraph:
     rows = block_rows(M)
     for i in range(0, M, rows):  # blocks of rows of the (M, M) distance matrix
         j = min(M, i + rows)
-        d2 = sq[i:j, None] - 2.0 * (Y[i:j] @ Y.T) + sq[None, :]
+        d2 = sq[i:j, None] - 2.0 * matmul(Y[i:j], Y.T) + sq[None, :]
         d2[np.arange(j - i), np.arange(i, j)] = -np.inf  # each point is its own first neighbour
         nb[i:j] = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < M else np.arange(M)
     flat = nb.reshape(-1)
@@ -241,7 +241,7 @@ class LocalSTF(PointwiseIdentity):
         """The index of each row of X (p, d) in the data set, uniform among exact duplicates (so that an x_1 of
         law pi over points has law pi over indices). Nearest point by float64 GEMM, then an exact check."""
         X64 = xp.astype(X, xp.float64)
-        j = xp.argmin(T["sq"][None, :] - 2.0 * (X64 @ xp.matrix_transpose(T["points64"])), axis=1)
+        j = xp.argmin(T["sq"][None, :] - 2.0 * matmul(X64, xp.matrix_transpose(T["points64"])), axis=1)
         found = xp.all(_gather(xp, T["points"], j) == X, axis=1)
         if not bool(xp.all(found)):
             bad = int(xp.argmin(xp.astype(found, xp.int64)))
@@ -283,7 +283,7 @@ class LocalSTF(PointwiseIdentity):
             ratio = pi * p0_over_qbar  # pi(j) p0(j) / qbar(j)
             rho = apply_q(ratio)  # (rows, M): the law of the centre c given x_t
             safe = np.where(rho > 0, rho, 1.0)
-            m = pi @ Y
+            m = matmul(pi, Y)
             for a in range(Y.shape[1]):  # one coordinate at a time: m_c[a] = sum_j q(j|c) ratio_j y_ja / rho(c)
                 out[i:i + step] += (rho * (apply_q(ratio * Y[None, :, a]) / safe - m[:, a:a + 1]) ** 2).sum(1)
         return (post.alpha / post.sigma**2) ** 2 * out

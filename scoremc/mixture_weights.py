@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._array import matmul
 from .distributions import normal_form
 
 __all__ = ["WeightRule", "Kappa", "KappaBar"]
@@ -47,6 +48,6 @@ class KappaBar(WeightRule):
 
     def __call__(self, dist, coef):
         G = normal_form(dist)
-        mode_var = float(np.exp(G.log_weights) @ (G.sum_dims(G.var) / G.dim))
+        mode_var = float(matmul(np.exp(G.log_weights), G.sum_dims(G.var) / G.dim))
         s2 = coef.sigma * coef.sigma
         return s2 / (s2 + coef.alpha * coef.alpha * mode_var)

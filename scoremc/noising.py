@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from . import _fast, _random, _reference
-from ._array import is_numpy, namespace, np_xp, to_numpy
+from ._array import is_numpy, matmul, namespace, np_xp, to_numpy
 from ._gaussians import Gaussians
 from ._validation import as_array, as_count, as_generator, as_points, check_process, check_result, scalar_time
 from .analytic import AnalyticScore
@@ -183,8 +183,8 @@ class Posterior:
             sel = comp == k
             rows = np.nonzero(sel)[1]
             Q = G.basis[k]
-            zk = (self.xt[rows] - G.means[k]) @ Q
-            out[sel] = P.means[k] + (self.alpha * P.var[k] / G.var[k] * zk + post_sd[k] * z[sel]) @ Q.T
+            zk = matmul(self.xt[rows] - G.means[k], Q)
+            out[sel] = P.means[k] + matmul(self.alpha * P.var[k] / G.var[k] * zk + post_sd[k] * z[sel], Q.T)
         return out
 
 

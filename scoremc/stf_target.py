@@ -45,7 +45,7 @@ import numbers
 import array_api_compat as aac
 import numpy as np
 
-from ._array import device_of, is_numpy, namespace
+from ._array import device_of, is_numpy, matmul, namespace
 from ._validation import check_finite, named
 
 __all__ = ["stf_target"]
@@ -270,7 +270,7 @@ def _gemm_logits(p):
             blocks.append(part)
             part = []
         X = p.X[r]
-        dots = X @ xp.matrix_transpose(blk) if blk.ndim == 2 else (blk @ X[:, :, None])[..., 0]
+        dots = matmul(X, xp.matrix_transpose(blk)) if blk.ndim == 2 else matmul(blk, X[:, :, None])[..., 0]
         part.append(logit_and_bound(a[r], s2[r], dots, xp.sum(blk * blk, axis=-1), xnorm[r]))
     blocks.append(part)
     if p.own is not None:  # x0: one more column per row
@@ -295,7 +295,7 @@ def _from_gemm_logits(p, rows, logits):
     pieces = []
     for r, c, blk in p.blocks(rows):
         wc = w[r, c]
-        pieces.append((r, wc @ blk if blk.ndim == 2 else (wc[:, None, :] @ blk)[:, 0, :]))
+        pieces.append((r, matmul(wc, blk) if blk.ndim == 2 else matmul(wc[:, None, :], blk)[:, 0, :]))
     if p.batch is None:
         total = pieces[0][1]
         for _, s in pieces[1:]:
@@ -355,7 +355,7 @@ def _exact(p, rows, k, upper, threshold):
         if top is not None:
             new_top = xp.maximum(top, new_top)
         e = xp.exp(logit - new_top)
-        step = (e[:, None, :] @ diff)[:, 0, :]
+        step = matmul(e[:, None, :], diff)[:, 0, :]
         if top is None:
             total, acc = xp.sum(e, axis=1, keepdims=True), step
         else:
