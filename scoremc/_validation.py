@@ -8,6 +8,7 @@ never converted to NumPy (a check costs one reduction on its device).
 """
 from __future__ import annotations
 
+import math
 import numbers
 import re
 
@@ -167,14 +168,19 @@ def as_real_in(value, name: str, lo=None, hi=None, *, lo_open: bool = False, hi_
     ValueError; both name ``name``. ``optional``: None passes through."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value) \
-            or (np.isinf(value) and not (allow_inf and value > 0)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or \
-            (hi is not None and (value >= hi if hi_open else value > hi)):
+    try:  # any real: NumPy scalars, Fractions, Decimals, ints beyond float range (-> +-inf)
+        f = float(value)
+    except OverflowError:
+        f = math.inf if value > 0 else -math.inf
+    if math.isnan(f) or (math.isinf(f) and not (allow_inf and f > 0)):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if (lo is not None and (f <= lo if lo_open else f < lo)) or \
+            (hi is not None and (f >= hi if hi_open else f > hi)):
         raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, "
                          f"got {value!r}")
-    return float(value)
+    return f
 
 
 def as_count(n, name: str, *, minimum: int = 1) -> int:

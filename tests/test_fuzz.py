@@ -224,12 +224,55 @@ def _sites():
         add("nn.stf_target.xt", "xt", X, lambda v: _nn().stf_target(v, 0.5, ref))
         add("nn.stf_target.sigma", "sigma", 0.5, lambda v: _nn().stf_target(torch.as_tensor(X), v, ref))
         add("stf_target.ref", "ref", np.zeros((3, 2)), lambda v: smc.stf_target(torch.as_tensor(X), 0.5, v))
+        _torch_layer_sites(add)
     # the testing toolkit (a check must never pass without checking)
     add("assert_score_close.rtol", "rtol", 0.05, lambda v: assert_score_close(ES, GM, smc.VP(), rtol=v, ts=[0.5], n=8))
     add("assert_score_close.ts", "ts", np.array([0.5]), lambda v: assert_score_close(ES, GM, smc.VP(), ts=v, n=8))
     add("assert_estimator_unbiased.level", "level", 1e-3,
         lambda v: assert_estimator_unbiased(smc.TSI(), GM, smc.VP(), level=v, ts=[0.5], n=20, n_points=1))
     return s
+
+
+def _model():
+    """A tiny preconditioned MLP (fixed weights) for the torch layer's verbs."""
+    nn = _nn()
+    torch.manual_seed(0)
+    return nn.Preconditioned(nn.ScoreMLP(2, hidden=16, depth=1, embedding=16), smc.VE()).double().eval()
+
+
+def _torch_layer_sites(add):
+    """scoremc.nn's public verbs and types (samplers, training settings, likelihood, metrics)."""
+    nn = _nn()
+    VE = smc.VE()
+
+    def gen():
+        return torch.Generator().manual_seed(0)
+
+    add("nn.EulerMaruyama.steps", "steps", 10, lambda v: nn.EulerMaruyama(v))
+    # (Heun's s_tmax defaults to inf, a documented non-finite field: the sites return the argument's field)
+    add("nn.Heun.rho", "rho", 7.0, lambda v: nn.Heun(4, rho=v).rho)
+    add("nn.Heun.churn", "churn", 0.0, lambda v: nn.Heun(4, churn=v).churn)
+    add("nn.PredictorCorrector.snr", "snr", 0.16, lambda v: nn.PredictorCorrector(4, snr=v))
+    add("nn.TrainConfig.lr", "lr", 1e-3, lambda v: nn.TrainConfig(lr=v))
+    add("nn.TrainConfig.batch_size", "batch_size", 256, lambda v: nn.TrainConfig(batch_size=v))
+    add("nn.TrainConfig.ema", "ema", 0.999, lambda v: nn.TrainConfig(ema=v))
+    add("nn.ScoreMLP.hidden", "hidden", 16, lambda v: nn.ScoreMLP(2, hidden=v))
+    add("nn.LogNormalSigmas.p_std", "p_std", 1.2, lambda v: nn.LogNormalSigmas(p_std=v))
+    add("nn.Preconditioned.sigma_data", "sigma_data", 1.0,
+        lambda v: nn.Preconditioned(nn.ScoreMLP(2, hidden=8, depth=1, embedding=8), VE, sigma_data=v))
+    add("nn.sample.n", "n", 4, lambda v: nn.sample(_model(), VE, nn.EulerMaruyama(4), n=v, dim=2, generator=gen(),
+                                                   dtype=torch.float64, progress=False))
+    add("nn.sample.x_T", "x_T", X, lambda v: nn.sample(_model(), VE, nn.EulerMaruyama(4), x_T=v, generator=gen(),
+                                                        progress=False))
+    add("nn.log_likelihood.x", "x", X, lambda v: nn.log_likelihood(_model(), VE, v, rtol=1e-2, atol=1e-2))
+    add("nn.log_likelihood.rtol", "rtol", 1e-2, lambda v: nn.log_likelihood(_model(), VE, torch.as_tensor(X[:2]), rtol=v,
+                                                                       atol=1e-2))
+    add("nn.relative_score_error.ts", "ts", np.array([0.5]),
+        lambda v: nn.relative_score_error(_model(), GM, VE, v, n=16))
+    add("nn.mmd.x", "x", X, lambda v: nn.mmd(v, torch.as_tensor(X)))
+    add("nn.median_bandwidth.x", "x", X, lambda v: nn.median_bandwidth(v, torch.as_tensor(X)))
+    add("nn.sliced_wasserstein.n_projections", "n_projections", 8,
+        lambda v: nn.sliced_wasserstein(torch.as_tensor(X), torch.as_tensor(X) + 1, n_projections=v, generator=gen()))
 
 
 SITES = _sites()

@@ -194,8 +194,8 @@ def test_score_mlp_is_the_tsm_network():
     assert torch.equal(net(x, torch.zeros(4)), torch.zeros(4, 5))  # the head starts at zero
     with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
         net(torch.randn(4, 3), torch.zeros(4))
-    for bad in dict(dim=0), dict(dim=2, hidden=0), dict(dim=2, depth=True):
-        with pytest.raises(ValueError):
+    for bad, error in (dict(dim=0), ValueError), (dict(dim=2, hidden=0), ValueError), (dict(dim=2, depth=True), TypeError):
+        with pytest.raises(error, match=next(iter(bad)) if "dim" in bad and len(bad) == 1 else list(bad)[-1]):
             ScoreMLP(**bad)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import as_count, check_process
+from .._validation import as_count, as_float_array, check_process
 from ..conservativity import antisymmetric_norm, curl, jacobian
 from ..derivatives import Autograd, DerivativeSource
 from ..distributions import Empirical, logpdf, normal_form, sample
@@ -97,7 +97,8 @@ def relative_score_error(model, dist, proc, ts, *, n: int = 2048, seed: int = 0,
     proc = check_process(proc)
     n = as_count(n, "n", minimum=2)
     fn, device = _as_float64_score(model, device)
-    ts = np.asarray(ts, dtype=np.float64).reshape(-1)
+    ts = as_float_array(ts, "ts").reshape(-1)
+    proc.check_t(ts, "ts")
     gen = torch.Generator(device=device).manual_seed(stream_seed(seed, 2))
     truth = exact_score(dist, proc)
     cols = {k: [] for k in ("rel_error", "rel_error_se", "mse", "score_sq")}

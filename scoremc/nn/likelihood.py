@@ -22,6 +22,7 @@ from ..derivatives import Autograd, DerivativeSource, Exact, Hutchinson, resolve
 from ..analytic import AnalyticScore
 from ..distributions import GaussianMixture, logpdf
 from .data import check_t_range, default_t_range
+from .models import check_model_dtype
 from .sample import pf_ode_drift, prior_variance
 
 __all__ = ["log_likelihood", "EXACT_DIVERGENCE_MAX_DIM", "ADAPTIVE_METHODS"]
@@ -103,6 +104,7 @@ def log_likelihood(model, proc, x, *, t_range=None, divergence: DerivativeSource
         raise ValueError(f"x must be a floating tensor of shape (N >= 1, d >= 1), got {tuple(x.shape)} {x.dtype}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite")
+    check_model_dtype(model, x.dtype, "x")
     n, d = x.shape
     t_lo, t_hi = default_t_range(proc) if t_range is None else check_t_range(proc, t_range)
     if prior is not None and not (isinstance(prior, GaussianMixture) or callable(prior)):

@@ -14,6 +14,8 @@ import numbers
 
 import torch
 
+from .._validation import as_count
+
 __all__ = ["mmd", "median_bandwidth", "sliced_wasserstein", "block_rows", "BUDGET_BYTES", "MEDIAN_POINTS"]
 
 #: bytes of one float64 work block (kernel rows, or sorted projections); the peak is about twice this
@@ -128,8 +130,7 @@ def _directions(d: int, n_projections, generator, directions, device) -> torch.T
                              f"{tuple(directions.shape) if isinstance(directions, torch.Tensor) else directions!r}")
         theta = directions.detach().to(device=device, dtype=torch.float64)
     else:
-        if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
-            raise ValueError(f"n_projections must be a positive integer, got {n_projections!r}")
+        n_projections = as_count(n_projections, "n_projections")
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(0)
         elif not isinstance(generator, torch.Generator):

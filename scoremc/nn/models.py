@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import precond as _precond
-from .._validation import check_process
+from .._validation import as_count, check_process
 
 __all__ = ["SinusoidalEmbedding", "ScoreMLP", "Preconditioned"]
 
@@ -32,6 +32,21 @@ _TO_SCORE = {
 #: preconditioning name -> (shared function, what its output predicts)
 _PRECONDS = {"edm": "denoiser", "tsm": "score"}
 
+
+
+def check_model_dtype(model, dtype, name: str) -> None:
+    """Inputs of ``dtype`` for a torch module: its floating parameters must have that dtype (else torch
+    raises a RuntimeError deep in the forward pass); TypeError naming ``name`` otherwise. Callables
+    without parameters (exact scores) take any dtype."""
+    params = getattr(model, "parameters", None)
+    if not callable(params):
+        return
+    for p in params():
+        if p.is_floating_point():
+            if p.dtype != dtype:
+                raise TypeError(f"{name} has dtype {dtype} but the model's parameters are {p.dtype}: convert "
+                                f"one of them (e.g. {name}.to({p.dtype}) or model.to({dtype}))")
+            return
 
 class SinusoidalEmbedding(nn.Module):
     """Features [cos(w_j c), sin(w_j c)] of a scalar condition c, w_j = max_freq^(-j / half),
@@ -62,9 +77,7 @@ class ScoreMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, embedding: int = 128):
         super().__init__()
-        for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        dim, hidden, depth = (as_count(v, name) for v, name in ((dim, "dim"), (hidden, "hidden"), (depth, "depth")))
         self.dim = dim
         self.embed = SinusoidalEmbedding(embedding)
         layers, width = [], dim + embedding

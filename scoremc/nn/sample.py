@@ -26,6 +26,7 @@ import torch
 from ..noise_levels import karras_sigmas
 from .._validation import as_count, as_real_in, check_process
 from .data import check_t_range, default_t_range
+from .models import check_model_dtype
 
 __all__ = ["Sampler", "EulerMaruyama", "Heun", "PredictorCorrector", "sample", "pf_ode_drift", "prior_variance"]
 
@@ -311,6 +312,7 @@ def sample(model, proc, sampler: Sampler | None = Heun(), *, n: int | None = Non
     sigma_data = as_real_in(sigma_data, "sigma_data", 0, lo_open=True)
     t_range = default_t_range(proc) if t_range is None else check_t_range(proc, t_range)
     n, dim, device, dtype = _device_and_dtype(x_T, n, dim, generator, device, dtype)
+    check_model_dtype(model, dtype, "x_T" if x_T is not None else "dtype")
     if generator is None:
         generator = torch.Generator(device=device)
         generator.seed()  # its own nondeterministic seed: the global RNG stays untouched
