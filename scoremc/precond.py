@@ -155,6 +155,11 @@ def _coef(value, name, like):
     """A per-row coefficient; alpha and sigma divide somewhere in these conversions, so they must be
     positive (sigma = 0 is a point mass: the score does not exist there)."""
     arr = as_coefficient(value, name, like)
+    try:
+        np.broadcast_shapes(tuple(arr.shape), tuple(like.shape))
+    except ValueError:
+        raise ValueError(f"{name} of shape {tuple(arr.shape)} does not broadcast against the points' shape "
+                         f"{tuple(like.shape)} (a scalar or one value per row, (..., 1))") from None
     xp = namespace(arr)
     if bool(xp.any(arr <= 0)):
         raise ValueError(f"{name} must be positive, got {float(xp.reshape(arr[arr <= 0], (-1,))[0])}")
@@ -167,7 +172,7 @@ def denoiser_from_score(s, x, alpha, sigma):
     x = as_array(x, "x", min_ndim=1)
     s = _field(s, "s", x)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return _finite((x + _coef(sigma, "sigma", x) ** 2 * s) / _coef(alpha, "alpha", x), "alpha")
+        return _finite((x + _coef(sigma, "sigma", x) ** 2 * s) / _coef(alpha, "alpha", x), "s, x, alpha or sigma")
 
 
 def score_from_denoiser(D, x, alpha, sigma):
@@ -175,7 +180,7 @@ def score_from_denoiser(D, x, alpha, sigma):
     x = as_array(x, "x", min_ndim=1)
     D = _field(D, "D", x)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return _finite((_coef(alpha, "alpha", x) * D - x) / _coef(sigma, "sigma", x) ** 2, "sigma")
+        return _finite((_coef(alpha, "alpha", x) * D - x) / _coef(sigma, "sigma", x) ** 2, "D, x, alpha or sigma")
 
 
 def eps_from_score(s, sigma):
