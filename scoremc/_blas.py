@@ -231,20 +231,21 @@ def matmul(a, b, out=None):
         out[...] = res
         return out
     w = np.dtype(dtype).itemsize
+    small = m * k * n <= _SMALL
     ops = []
-    for x in (a2, b2):
+    for x in (a2, b2):  # the batched GEMM reads each matrix in place when its layout allows
         x = x.astype(dtype, copy=False)
-        if not x.flags.aligned or _layout(x, w) is None:
+        if not small and (not x.flags.aligned or _layout(x, w) is None):
             x = np.ascontiguousarray(x)
         ops.append(np.broadcast_to(x, batch + x.shape[-2:]))
-    (ta, lda), (tb, ldb) = _layout(ops[0], w), _layout(ops[1], w)
     # write into out in place when it is C-contiguous (then reshape is a view) and not an operand
     direct = (out is not None and out.flags.c_contiguous
               and not np.may_share_memory(out, a) and not np.may_share_memory(out, b))
     c = out.reshape(shape) if direct else np.empty(shape, dtype=dtype)
-    if m * k * n <= _SMALL:
+    if small:
         _small(ops[0], ops[1], c)
     else:
+        (ta, lda), (tb, ldb) = _layout(ops[0], w), _layout(ops[1], w)
         if batch:
             pa, pb, pc = (_addresses(x, batch) for x in (ops[0], ops[1], c))
         else:
